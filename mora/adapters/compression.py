@@ -1,0 +1,314 @@
+"""The parameter-free compress / decompress operators of MoRA.
+
+MoRA trains one square matrix ``M`` (r̂ × r̂) and routes a layer input ``x`` (k features) through it:
+
+    Δh = f_decomp(M · f_comp(x))        f_comp: k → r̂ (or n blocks of r̂),   f_decomp: r̂ → d
+
+Every operator here is *linear* in ``x`` and in ``M``, so the update is a fixed linear function of ``M``:
+a weight matrix ΔW (d × k) that can be merged into the frozen base weight.  Each variant therefore
+implements two things that must agree exactly: ``apply(x, M)`` (the training-time path, fast tensor
+ops) and ``delta_weight(M)`` (the same map as a d × k matrix, built with index/scatter ops — never a
+Python loop over features, never by pushing an identity matrix through ``apply``).
+
+Two families exist:
+
+* **Shared** variants apply ``M`` once.  The input is summed into r̂ *slots* (each input feature goes
+  to one slot; wrap-padding may send a feature to two) and the r̂ outputs are *expanded* to d rows.
+  ``sharing`` (the paper's Eq. 6, the official ``mora_type=1``) and the three variants ReMoRA cycles
+  through, plus the ``truncation`` ablation, are all (input grouping × output expansion) pairs:
+
+  =========================  ==============================  ==============================  =========
+  name                        input grouping (k → r̂)          output expansion (r̂ → d)       code type
+  =========================  ==============================  ==============================  =========
+  ``sharing``                 cyclic: feature j → slot j % r̂  tile the r̂ outputs              1
+  ``sharing_contiguous``      contiguous runs of features      repeat each output in a run     2
+  ``sharing_contiguous_in``   contiguous runs of features      tile                            3
+  ``sharing_contiguous_out``  cyclic                           repeat each output in a run     4
+  ``truncation``              keep the first r̂ features       zero-pad to d                   (ablation)
+  =========================  ==============================  ==============================  =========
+
+* **Blockwise** variants cut the (wrap-padded) input into n = ceil(k / r̂) blocks of r̂ and apply ``M``
+  to *every* block, so ΔW is block-diagonal and its rank can reach min(k, d) — the point of the method.
+  ``rope`` (the paper's Eq. 9, ``mora_type=6``) first rotates block b RoPE-style at position b so that
+  the blocks are distinguishable; ``decouple`` (ablation) does not.  The block outputs are concatenated,
+  truncated to d, or tiled when shorter than d.  For k > d (e.g. down_proj) only the first
+  ceil(d / r̂) blocks reach the output: the official code computes and discards the rest; we skip
+  them (same numbers, less work) and keep this *faithful* behaviour — inputs beyond those blocks get no
+  update.
+
+Padding wraps around (``concat(x, x[:pad])``, as the official code does), repeated cyclically when the
+pad is longer than k — the case where the official forward crashes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ROPE_BASE = 10000.0
+
+
+def _runs(total: int, parts: int) -> Tensor:
+    """Run lengths that split ``total`` items into ``parts`` contiguous runs, longer runs first.
+
+    The official code's split: with q = total // parts and m = total - parts·q, the first m runs hold
+    q + 1 items and the rest q (q may be 0 when total < parts, leaving empty runs).
+    """
+    q, m = divmod(total, parts)
+    return torch.tensor([q + 1] * m + [q] * (parts - m), dtype=torch.long)
+
+
+class Compression(nn.Module, ABC):
+    """One compress/decompress pair for a layer with ``in_features`` k, ``out_features`` d and M of size r̂.
+
+    Subclasses register under ``name`` in :data:`COMPRESSIONS`.  They may hold non-persistent index and
+    table buffers (built once here, moved by ``.to()``), never trainable parameters.
+    """
+
+    name: ClassVar[str]
+    needs_even_rank: ClassVar[bool] = False
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.blocks = math.ceil(in_features / rank)
+        self.register_buffer("wrap_index", self._wrap_index(self.blocks * rank), persistent=False)
+
+    def _wrap_index(self, length: int) -> Tensor:
+        """Source feature of each of ``length`` padded input positions: 0..k-1, then around again."""
+        return torch.arange(length) % self.in_features
+
+    def _wrap_pad(self, x: Tensor, length: int) -> Tensor:
+        """``x`` padded cyclically (or cut) to ``length`` features along the last dimension."""
+        if length == self.in_features:
+            return x
+        if length < self.in_features:
+            return x[..., :length]
+        return x.index_select(-1, self.wrap_index[:length])
+
+    @abstractmethod
+    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+        """The adapter path f_decomp(M f_comp(x)) for ``x`` of shape (..., k); returns (..., d)."""
+
+    @abstractmethod
+    def delta_weight(self, M: Tensor) -> Tensor:
+        """The same linear map as a (d, k) matrix, so that ``apply(x, M) == x @ delta_weight(M).T``."""
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: k={self.in_features} → r̂={self.rank} → d={self.out_features}"
+
+
+COMPRESSIONS: dict[str, type[Compression]] = {}
+
+
+def _register(cls: type[Compression]) -> type[Compression]:
+    COMPRESSIONS[cls.name] = cls
+    return cls
+
+
+class SharedCompression(Compression):
+    """Base of the variants that apply ``M`` once: sum inputs into r̂ slots, expand r̂ outputs to d.
+
+    A subclass declares its grouping by two class flags; everything else — forward fast paths and the
+    index tensors ``delta_weight`` scatters with — is derived here.
+
+    * ``cyclic_input``: feature j of the wrap-padded input (length n·r̂) goes to slot j % r̂;
+      otherwise the k features form r̂ contiguous runs (``_runs(k, r̂)``) and run i goes to slot i.
+    * ``tile_output``: output i reads slot i % r̂; otherwise the d outputs form r̂ contiguous runs and
+      run i reads slot i (``repeat_interleave``).
+    """
+
+    cyclic_input: ClassVar[bool]
+    tile_output: ClassVar[bool]
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__(in_features, out_features, rank)
+        k, d, r = in_features, out_features, rank
+        padded = self.blocks * r
+        if self.cyclic_input:
+            src, slot = self.wrap_index, torch.arange(padded) % r
+        else:
+            src, slot = torch.arange(k), torch.repeat_interleave(torch.arange(r), _runs(k, r))
+        self.register_buffer("in_src", src, persistent=False)
+        self.register_buffer("in_slot", slot, persistent=False)
+        if self.tile_output:
+            out_slot = torch.arange(d) % r
+        else:
+            out_slot = torch.repeat_interleave(torch.arange(r), _runs(d, r))
+        self.register_buffer("out_slot", out_slot, persistent=False)
+        self.register_buffer("out_runs", _runs(d, r), persistent=False)
+
+    def compress(self, x: Tensor) -> Tensor:
+        """(..., k) → (..., r̂): the slot sums."""
+        if self.cyclic_input:
+            padded = self._wrap_pad(x, self.blocks * self.rank)
+            return padded.unflatten(-1, (self.blocks, self.rank)).sum(-2)
+        slots = x.new_zeros(*x.shape[:-1], self.rank)
+        return slots.index_add(-1, self.in_slot, x)
+
+    def decompress(self, y: Tensor) -> Tensor:
+        """(..., r̂) → (..., d)."""
+        d, r = self.out_features, self.rank
+        if self.tile_output:
+            reps = math.ceil(d / r)
+            return y.repeat(*([1] * (y.dim() - 1)), reps)[..., :d] if reps > 1 else y[..., :d]
+        return y.repeat_interleave(self.out_runs, dim=-1, output_size=d)
+
+    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+        return self.decompress(self.compress(x) @ M.T)
+
+    def delta_weight(self, M: Tensor) -> Tensor:
+        # M @ C, where C (r̂ × k) has a 1 at (slot, src) for every input position: scatter M's columns.
+        mc = M.new_zeros(self.rank, self.in_features).index_add(1, self.in_src, M[:, self.in_slot])
+        return mc[self.out_slot]
+
+
+@_register
+class Sharing(SharedCompression):
+    """``sharing`` (paper Eq. 6, code type 1): cyclic input groups, tiled outputs.  rank(ΔW) ≤ r̂."""
+
+    name = "sharing"
+    cyclic_input, tile_output = True, True
+
+
+@_register
+class SharingContiguous(SharedCompression):
+    """``sharing_contiguous`` (code type 2): contiguous runs in, each output repeated over a run out."""
+
+    name = "sharing_contiguous"
+    cyclic_input, tile_output = False, False
+
+
+@_register
+class SharingContiguousIn(SharedCompression):
+    """``sharing_contiguous_in`` (code type 3): contiguous input runs, tiled outputs."""
+
+    name = "sharing_contiguous_in"
+    cyclic_input, tile_output = False, True
+
+
+@_register
+class SharingContiguousOut(SharedCompression):
+    """``sharing_contiguous_out`` (code type 4): cyclic input groups, outputs repeated over runs."""
+
+    name = "sharing_contiguous_out"
+    cyclic_input, tile_output = True, False
+
+
+@_register
+class Truncation(Compression):
+    """``truncation`` (ablation): keep the first r̂ input features, zero-pad the r̂ outputs to d.
+
+    When k < r̂ the missing inputs read as zero; when d < r̂ the extra outputs are dropped.
+    """
+
+    name = "truncation"
+
+    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+        r, k, d = self.rank, self.in_features, self.out_features
+        z = F.pad(x[..., :r], (0, max(r - k, 0)))
+        y = z @ M.T
+        return F.pad(y, (0, d - r)) if d > r else y[..., :d]
+
+    def delta_weight(self, M: Tensor) -> Tensor:
+        r, k, d = self.rank, self.in_features, self.out_features
+        dw = M.new_zeros(d, k)
+        dw[: min(d, r), : min(k, r)] = M[: min(d, r), : min(k, r)]
+        return dw
+
+
+class BlockwiseCompression(Compression):
+    """Base of the variants that apply ``M`` to every r̂-block of the wrap-padded input.
+
+    Subclasses may rotate each block by a fixed, block-dependent orthogonal map (``rotate``) and must
+    express that map's effect on ``M`` (``rotated_M``: the n matrices M · R_b) for ``delta_weight``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__(in_features, out_features, rank)
+        # Blocks whose outputs survive the truncation to d; the rest are never computed.
+        self.used_blocks = min(self.blocks, math.ceil(out_features / rank))
+        # Row i of ΔW is row (o % r̂) of block (o // r̂)'s map, with o = i modulo the concatenated length.
+        out_pos = torch.arange(out_features) % (self.used_blocks * rank)
+        self.register_buffer("out_block", out_pos // rank, persistent=False)
+        self.register_buffer("out_row", out_pos % rank, persistent=False)
+
+    def rotate(self, blocks: Tensor) -> Tensor:
+        """Rotate blocks of shape (..., used_blocks, r̂); identity unless overridden."""
+        return blocks
+
+    def rotated_M(self, M: Tensor) -> Tensor:
+        """(used_blocks, r̂, r̂): the matrix applied to each raw block, M · R_b."""
+        return M.expand(self.used_blocks, -1, -1)
+
+    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+        r, d = self.rank, self.out_features
+        used = self._wrap_pad(x, self.used_blocks * r).unflatten(-1, (self.used_blocks, r))
+        out = (self.rotate(used) @ M.T).flatten(-2)
+        reps = math.ceil(d / out.shape[-1])
+        return out.repeat(*([1] * (out.dim() - 1)), reps)[..., :d] if reps > 1 else out[..., :d]
+
+    def delta_weight(self, M: Tensor) -> Tensor:
+        r = self.rank
+        rows = self.rotated_M(M)[self.out_block, self.out_row]  # (d, r̂): coefficients per block column
+        cols = self.wrap_index.view(self.blocks, r)[self.out_block]  # (d, r̂): the input feature of each
+        return M.new_zeros(self.out_features, self.in_features).scatter_add(1, cols, rows)
+
+
+@_register
+class Decouple(BlockwiseCompression):
+    """``decouple`` (ablation): block-diagonal M without rotation — blocks are indistinguishable."""
+
+    name = "decouple"
+
+
+@_register
+class Rope(BlockwiseCompression):
+    """``rope`` (paper Eq. 9, code type 6): block b is rotated RoPE-style at position b before M.
+
+    ``z_b = x_b ⊙ cos θ_b + rotate_half(x_b) ⊙ sin θ_b`` with θ_b = b · 10000^(−2i/r̂) (i < r̂/2,
+    duplicated), ``rotate_half(z) = cat(−z[r̂/2:], z[:r̂/2])``.  Needs an even r̂.  The cos/sin tables
+    are non-persistent buffers computed once in float64; ``MoraLinear`` casts them to M's dtype.
+    """
+
+    name = "rope"
+    needs_even_rank = True
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        if rank % 2:
+            raise ValueError(f"rope compression needs an even r̂, got {rank} (square_rank rounds it down)")
+        super().__init__(in_features, out_features, rank)
+        inv_freq = _ROPE_BASE ** (-torch.arange(0, rank, 2, dtype=torch.float64) / rank)
+        angles = torch.outer(torch.arange(self.used_blocks, dtype=torch.float64), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (used_blocks, r̂)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    @staticmethod
+    def _rotate_half(z: Tensor) -> Tensor:
+        half = z.shape[-1] // 2
+        return torch.cat([-z[..., half:], z[..., :half]], dim=-1)
+
+    def rotate(self, blocks: Tensor) -> Tensor:
+        cos, sin = self.cos.to(blocks.dtype), self.sin.to(blocks.dtype)
+        return blocks * cos + self._rotate_half(blocks) * sin
+
+    def rotated_M(self, M: Tensor) -> Tensor:
+        # M R_b = M diag(cos_b) + M diag(sin_b) P, where right-multiplying by rotate_half's matrix P
+        # maps columns Y ↦ cat(Y[:, h:], −Y[:, :h]).
+        cos, sin = self.cos.to(M.dtype)[:, None, :], self.sin.to(M.dtype)[:, None, :]
+        y = M * sin
+        half = self.rank // 2
+        return M * cos + torch.cat([y[..., half:], -y[..., :half]], dim=-1)
+
+
+def build_compression(name: str, in_features: int, out_features: int, rank: int) -> Compression:
+    """The compression called ``name`` for one layer; a clear error for unknown names."""
+    if name not in COMPRESSIONS:
+        raise ValueError(f"unknown MoRA compression {name!r}; choose one of {sorted(COMPRESSIONS)}")
+    return COMPRESSIONS[name](in_features, out_features, rank)
