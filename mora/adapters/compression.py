@@ -63,6 +63,71 @@ def _runs(total: int, parts: int) -> Tensor:
     return torch.tensor([q + 1] * m + [q] * (parts - m), dtype=torch.long)
 
 
+class _WrapPad(torch.autograd.Function):
+    """``x.index_select(-1, index)`` for the cyclic index 0, 1, …, k−1, 0, 1, … (length ≥ k).
+
+    The forward is that gather.  The backward folds the gradient's wrapped-around columns back onto the
+    first ones with in-order adds — the sums index_select's own backward forms (a scatter-add into zeros,
+    in index order), so the result is bit-identical, without the zero fill and the element-wise scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.k = x.shape[-1]
+        return x.index_select(-1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        k, length = ctx.k, grad.shape[-1]
+        grad_x = grad[..., :k].clone(memory_format=torch.contiguous_format)
+        for start in range(k, length, k):  # one slice add per wrap, not per feature
+            stop = min(start + k, length)
+            grad_x[..., : stop - start] += grad[..., start:stop]
+        return grad_x, None
+
+
+def _tile(y: Tensor, width: int) -> Tensor:
+    """``y`` repeated along the last dimension and cut to ``width`` features."""
+    reps = math.ceil(width / y.shape[-1])
+    return y.repeat(*([1] * (y.dim() - 1)), reps)[..., :width] if reps > 1 else y[..., :width]
+
+
+class _AddTiled(torch.autograd.Function):
+    """``result + tile(y).to(result.dtype)`` for ``y`` narrower than ``result``, never materialising the tiles.
+
+    The forward adds ``y`` into each tile-wide slice of a fresh output.  The backward passes the gradient
+    to ``result`` unchanged and gives ``y`` the sum of its tiles, formed exactly as autograd differentiates
+    ``repeat`` + slice + cast (cast back, zero-pad to whole tiles, sum over the tile axis), so gradients
+    are bit-identical to the unfused expression.
+    """
+
+    @staticmethod
+    def forward(ctx, result: Tensor, y: Tensor) -> Tensor:
+        ctx.y_dtype, width, d = y.dtype, y.shape[-1], result.shape[-1]
+        y = y.to(result.dtype)
+        out = torch.empty(result.shape, dtype=result.dtype, device=result.device)
+        for start in range(0, d, width):  # ceil(d / width) slice adds
+            stop = min(start + width, d)
+            torch.add(result[..., start:stop], y[..., : stop - start], out=out[..., start:stop])
+        ctx.width = width
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        width, d = ctx.width, grad.shape[-1]
+        tiles = math.ceil(d / width)
+        padded = F.pad(grad.to(ctx.y_dtype), (0, tiles * width - d))
+        return grad, padded.unflatten(-1, (tiles, width)).sum(-2)
+
+
+def _add_tiled(result: Tensor, y: Tensor) -> Tensor:
+    """``result + _tile(y, d).to(result.dtype)`` with d = result's width; fused when ``y`` must be tiled."""
+    d = result.shape[-1]
+    if y.shape[-1] >= d:
+        return result + y[..., :d].to(result.dtype)
+    return _AddTiled.apply(result, y)
+
+
 class Compression(nn.Module, ABC):
     """One compress/decompress pair for a layer with ``in_features`` k, ``out_features`` d and M of size r̂.
 
@@ -89,11 +154,19 @@ class Compression(nn.Module, ABC):
             return x
         if length < self.in_features:
             return x[..., :length]
-        return x.index_select(-1, self.wrap_index[:length])
+        return _WrapPad.apply(x, self.wrap_index[:length])
 
     @abstractmethod
     def apply(self, x: Tensor, M: Tensor) -> Tensor:
         """The adapter path f_decomp(M f_comp(x)) for ``x`` of shape (..., k); returns (..., d)."""
+
+    def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
+        """``result + apply(x, M)`` in ``result``'s dtype — the layer output ``MoraLinear`` returns.
+
+        Variants whose f_decomp tiles a narrower output override this to add ``M``'s output into each
+        tile of ``result`` directly (same numbers, no tiled intermediate).
+        """
+        return result + self.apply(x, M).to(result.dtype)
 
     @abstractmethod
     def delta_weight(self, M: Tensor) -> Tensor:
@@ -153,14 +226,18 @@ class SharedCompression(Compression):
 
     def decompress(self, y: Tensor) -> Tensor:
         """(..., r̂) → (..., d)."""
-        d, r = self.out_features, self.rank
+        d = self.out_features
         if self.tile_output:
-            reps = math.ceil(d / r)
-            return y.repeat(*([1] * (y.dim() - 1)), reps)[..., :d] if reps > 1 else y[..., :d]
+            return _tile(y, d)
         return y.repeat_interleave(self.out_runs, dim=-1, output_size=d)
 
     def apply(self, x: Tensor, M: Tensor) -> Tensor:
         return self.decompress(self.compress(x) @ M.T)
+
+    def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
+        if self.tile_output:
+            return _add_tiled(result, self.compress(x) @ M.T)
+        return super().add_to(result, x, M)
 
     def delta_weight(self, M: Tensor) -> Tensor:
         # M @ C, where C (r̂ × k) has a 1 at (slot, src) for every input position: scatter M's columns.
@@ -246,12 +323,17 @@ class BlockwiseCompression(Compression):
         """(used_blocks, r̂, r̂): the matrix applied to each raw block, M · R_b."""
         return M.expand(self.used_blocks, -1, -1)
 
-    def apply(self, x: Tensor, M: Tensor) -> Tensor:
-        r, d = self.rank, self.out_features
+    def block_outputs(self, x: Tensor, M: Tensor) -> Tensor:
+        """(..., used_blocks·r̂): ``M`` applied to every used (rotated) block, concatenated."""
+        r = self.rank
         used = self._wrap_pad(x, self.used_blocks * r).unflatten(-1, (self.used_blocks, r))
-        out = (self.rotate(used) @ M.T).flatten(-2)
-        reps = math.ceil(d / out.shape[-1])
-        return out.repeat(*([1] * (out.dim() - 1)), reps)[..., :d] if reps > 1 else out[..., :d]
+        return (self.rotate(used) @ M.T).flatten(-2)
+
+    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+        return _tile(self.block_outputs(x, M), self.out_features)
+
+    def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
+        return _add_tiled(result, self.block_outputs(x, M))
 
     def delta_weight(self, M: Tensor) -> Tensor:
         r = self.rank
@@ -288,15 +370,21 @@ class Rope(BlockwiseCompression):
         angles = torch.cat([angles, angles], dim=-1)  # (used_blocks, r̂)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+        # rotate_half(z) = cat(−z[h:], z[:h]) = roll(z, h) ⊙ (−1…−1, 1…1), so rotate_half(z) ⊙ sin equals
+        # roll(z, h) ⊙ sin_signed exactly (negation is exact): one roll instead of slices, neg and cat.
+        half = rank // 2
+        sin = angles.sin()
+        self.register_buffer("sin_signed", torch.cat([-sin[:, :half], sin[:, half:]], dim=-1), persistent=False)
 
     @staticmethod
     def _rotate_half(z: Tensor) -> Tensor:
+        """The textbook form; ``rotate`` computes ``rotate_half(z) ⊙ sin`` as ``roll(z, h) ⊙ sin_signed``."""
         half = z.shape[-1] // 2
         return torch.cat([-z[..., half:], z[..., :half]], dim=-1)
 
     def rotate(self, blocks: Tensor) -> Tensor:
-        cos, sin = self.cos.to(blocks.dtype), self.sin.to(blocks.dtype)
-        return blocks * cos + self._rotate_half(blocks) * sin
+        cos, sin_signed = self.cos.to(blocks.dtype), self.sin_signed.to(blocks.dtype)
+        return blocks * cos + blocks.roll(self.rank // 2, dims=-1) * sin_signed
 
     def rotated_M(self, M: Tensor) -> Tensor:
         # M R_b = M diag(cos_b) + M diag(sin_b) P, where right-multiplying by rotate_half's matrix P

@@ -53,6 +53,7 @@ class MoraLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False
+        self.train(base_layer.training)  # inherit train/eval mode: wrapping an eval layer must not enable dropout
 
     @property
     def compression_name(self) -> str:
@@ -62,8 +63,7 @@ class MoraLinear(nn.Module):
         result = self.base_layer(x)
         if self.merged or self.disabled:
             return result
-        update = self.compression.apply(self.dropout(x.to(self.M.dtype)), self.M)
-        return result + update.to(result.dtype)
+        return self.compression.add_to(result, self.dropout(x.to(self.M.dtype)), self.M)
 
     def delta_weight(self) -> Tensor:
         """ΔW (d × k) in M's dtype, such that the adapter path equals ``x @ ΔW.T`` (dropout aside)."""

@@ -60,16 +60,22 @@ class MoraModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.mora_config = config
-        model.requires_grad_(False)
-        for name, module in find_modules(model, config.target_modules, what="target_modules").items():
+        # Validate every match before touching the model, so a bad config leaves it unchanged.
+        targets = find_modules(model, config.target_modules, what="target_modules")
+        for name, module in targets.items():
             if not isinstance(module, nn.Linear):
                 raise TypeError(f"target_modules matched {name} ({type(module).__name__}); MoRA adapts nn.Linear only")
+        if config.modules_to_save:
+            find_modules(model, config.modules_to_save, what="modules_to_save")
+        model.requires_grad_(False)
+        for name, module in targets.items():
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             setattr(parent, child, MoraLinear(module, config.r, config.compression, config.dropout))
         if config.modules_to_save:
             for module in find_modules(model, config.modules_to_save, what="modules_to_save").values():
                 module.requires_grad_(True)
+        self.training = model.training  # report the model's mode (each MoraLinear inherits its Linear's)
 
     def __getattr__(self, name: str):
         try:

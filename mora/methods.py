@@ -1,0 +1,255 @@
+"""Every method the suite trains, built by one factory: ``build(model, MethodConfig(...), lr)``.
+
+=============  ===========================================================================================
+``fft``        full fine-tuning: every weight trains (the paper's upper reference).
+``lora``       LoRA (Hu et al., 2021) through **peft**: ΔW = (α/r)·B A, A kaiming-uniform, B zero.
+``lora_plus``  LoRA+ (Hayou et al., 2024): the same adapter, B trained with λ times the LR of A; the
+               groups are peft's own (``peft.optimizers.create_loraplus_optimizer``).
+``dora``       DoRA (Liu et al., 2024): peft's LoRA with ``use_dora=True`` — a trained magnitude per output
+               row times the direction of W + ΔW.
+``asylora``    AsyLoRA (Zhu et al., 2024, "Asymmetry in low-rank adapters"): A frozen at a random
+               orthonormal matrix, only B (zero-init) trains — half of LoRA's trained numbers.
+``mora``       MoRA (Jiang et al., 2024): one square matrix M between parameter-free compress/decompress
+               operators (:mod:`mora.adapters`).
+=============  ===========================================================================================
+
+ReLoRA / ReMoRA are ``lora`` / ``mora`` with ``restart_every > 0``: the trainer folds the adapter into
+the weights every ``restart_every`` steps (:mod:`mora.restarts`).
+
+Every method returns a :class:`Trainable`: the model to train and AdamW parameter groups that each carry
+an explicit ``lr`` and ``weight_decay``, so one optimizer and one ``LambdaLR`` serve all methods (a
+schedule multiplies each group's own initial LR, keeping LoRA+'s λ ratio).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from .adapters import COMPRESSIONS, LLAMA_TARGET_MODULES, MoraConfig, MoraLinear, MoraModel, find_modules, get_mora_model
+
+METHODS = ("fft", "lora", "lora_plus", "dora", "asylora", "mora")
+#: The methods that can merge-and-reset during training: ReLoRA and ReMoRA.
+RESTARTABLE = ("lora", "mora")
+#: Wrappers whose checkpoints are written in peft's own adapter format.
+PEFT_MODEL_TYPES = (PeftModel,)
+
+
+@dataclass
+class MethodConfig:
+    """Which method trains, and its knobs (also the Hydra schema of ``conf/method/*.yaml``).
+
+    Args:
+        name: one of :data:`METHODS`.
+        r: LoRA rank; for MoRA the LoRA rank whose parameter budget M matches (r̂² ≈ r·(k+d)).
+        alpha: LoRA-family scaling numerator (ΔW = alpha/r · B A).  The paper: 16 at r=8, 128 at r=256.
+            MoRA has no scaling and ignores it.
+        dropout: dropout on the adapter input (all adapter methods; official default 0.05).
+        target_modules: the ``nn.Linear`` modules that get an adapter (names matched against the end of
+            each module path); the paper adapts all seven LLaMA projections.
+        compression: MoRA only — ``rope`` at small r, ``sharing`` at large r (see :mod:`mora.adapters`).
+        loraplus_ratio: LoRA+ only — λ = lr_B / lr_A (the paper searched 2 and 4).
+        modules_to_save: modules trained in full beside the adapters, e.g. ``["embed_tokens", "norm",
+            "lm_head"]`` in the pretraining runs.
+        restart_every: ReLoRA/ReMoRA merge-and-reset period in optimizer steps; 0 = never.
+        restart_warmup: steps over which the LR is re-warmed after each restart (ReLoRA: 50).
+        cycle_compression: ReMoRA — switch the compression after each restart
+            (:data:`mora.restarts.REMORA_CYCLE`).
+    """
+
+    name: str = "mora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGET_MODULES))
+    compression: str = "rope"
+    loraplus_ratio: float = 4.0
+    modules_to_save: list[str] = field(default_factory=list)
+    restart_every: int = 0
+    restart_warmup: int = 50
+    cycle_compression: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; set method.name to one of {list(METHODS)}")
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"method.r must be a positive integer (the adapter rank), got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"method.alpha must be > 0 (LoRA scales B A by alpha/r), got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"method.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("method.target_modules is empty; name the nn.Linear modules to adapt, e.g. [q_proj, v_proj]")
+        if self.name == "mora" and self.compression not in COMPRESSIONS:
+            raise ValueError(f"unknown MoRA compression {self.compression!r}; set method.compression to one of {sorted(COMPRESSIONS)}")
+        if not (math.isfinite(self.loraplus_ratio) and self.loraplus_ratio >= 1.0):
+            raise ValueError(f"method.loraplus_ratio (λ = lr_B / lr_A) must be ≥ 1, got {self.loraplus_ratio}; the paper used 2 or 4")
+        if self.restart_every < 0 or self.restart_warmup < 0:
+            raise ValueError("method.restart_every and method.restart_warmup must be ≥ 0 (restart_every=0: no restarts)")
+        if self.restart_every and self.name not in RESTARTABLE:
+            raise ValueError(f"method {self.name!r} cannot restart; set method.restart_every=0 (ReLoRA is name=lora, ReMoRA name=mora)")
+        if self.restart_every and self.restart_warmup >= self.restart_every:
+            raise ValueError(f"method.restart_warmup={self.restart_warmup} must be < method.restart_every={self.restart_every}")
+        if self.cycle_compression and not (self.name == "mora" and self.restart_every):
+            raise ValueError("method.cycle_compression is ReMoRA's: it needs name=mora and restart_every > 0")
+
+    @property
+    def label(self) -> str:
+        """The short run-name fragment: ``mora_rope``, ``lora_plus``, ``relora``, ``remora``, ``fft``, ..."""
+        if self.restart_every:
+            return "re" + self.name
+        if self.name == "mora":
+            return f"mora_{self.compression}"
+        return self.name
+
+
+class Trainable(NamedTuple):
+    """What :func:`build` returns: the model to train and its AdamW parameter groups (each with lr, weight_decay)."""
+
+    model: nn.Module
+    param_groups: list[dict]
+
+
+def build(model: nn.Module, cfg: MethodConfig, lr: float, weight_decay: float = 0.0) -> Trainable:
+    """Attach ``cfg``'s method to ``model`` (in place) and group its trainable parameters for AdamW.
+
+    peft methods return a ``PeftModelForCausalLM``, ``mora`` a :class:`~mora.adapters.MoraModel`, ``fft``
+    the model itself.  A target that matches no module raises the same one-line ``ValueError`` for
+    every method, listing the ``nn.Linear`` names that do exist.
+    """
+    if cfg.name == "fft":
+        model.requires_grad_(True)
+        return Trainable(model, _param_groups(model, lr, weight_decay))
+    modules_to_save = _check_targets(model, cfg)
+    if cfg.name == "mora":
+        config = MoraConfig(
+            r=cfg.r, compression=cfg.compression, target_modules=list(cfg.target_modules),
+            dropout=cfg.dropout, modules_to_save=modules_to_save,
+        )
+        model = get_mora_model(model, config)
+        return Trainable(model, _param_groups(model, lr, weight_decay))
+
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+        modules_to_save=modules_to_save or None, use_dora=cfg.name == "dora", task_type="CAUSAL_LM",
+    ))
+    if cfg.name == "asylora":
+        _freeze_orthonormal_A(model)
+    if cfg.name == "lora_plus":
+        return Trainable(model, _loraplus_groups(model, lr, cfg.loraplus_ratio, weight_decay))
+    return Trainable(model, _param_groups(model, lr, weight_decay))
+
+
+def _check_targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
+    """Check the patterns before any injection, with one message for all methods; return the full paths
+    of ``modules_to_save``.
+
+    Both lists follow one rule (:func:`mora.adapters.module_matches`: a name matches a path's end at a
+    dot).  peft matches ``modules_to_save`` by bare suffix — "norm" would also take every
+    "input_layernorm" — so it is handed the resolved full paths instead of the patterns.
+    """
+    targets = find_modules(model, list(cfg.target_modules), what="method.target_modules")
+    if wrong := next((n for n, m in targets.items() if not isinstance(m, nn.Linear)), None):
+        raise ValueError(
+            f"method.target_modules={list(cfg.target_modules)!r} matched {wrong} ({type(targets[wrong]).__name__}); "
+            "adapters wrap nn.Linear modules only — name projections such as q_proj, not their parent blocks"
+        )
+    if not cfg.modules_to_save:
+        return []
+    return list(find_modules(model, list(cfg.modules_to_save), what="method.modules_to_save"))
+
+
+def _param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay, vectors (norm weights, biases, DoRA magnitudes) do not (nanoGPT's rule)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _loraplus_groups(model: PeftModel, lr: float, ratio: float, weight_decay: float) -> list[dict]:
+    """LoRA+ groups exactly as peft builds them, captured by handing it an "optimizer" that keeps its groups.
+
+    peft's rule (0.21): ``lora_B`` weights **and every 1-D trainable parameter** (DoRA magnitudes, norm
+    weights of ``modules_to_save``) get lr·λ; everything else (``lora_A``, full matrices of
+    ``modules_to_save``) gets lr.  Its weight decay comes from the ``loraplus_weight_decay`` keyword
+    (biases and ``nn.LayerNorm`` weights get none).  Empty groups are dropped.
+    """
+
+    class Capture:
+        def __init__(self, groups: list[dict], **defaults):
+            self.param_groups = groups
+
+    captured = create_loraplus_optimizer(
+        model, Capture, lr=lr, loraplus_lr_ratio=ratio, loraplus_weight_decay=weight_decay
+    )
+    return [g for g in captured.param_groups if g["params"]]
+
+
+@torch.no_grad()
+def _freeze_orthonormal_A(model: PeftModel) -> None:
+    """AsyLoRA's initialisation: every ``lora_A`` (r × k) becomes the first r right-singular vectors of a
+    centred uniform matrix — orthonormal rows, A Aᵀ = I — and is frozen; B stays zero and trains.
+
+    Drawn from torch's global RNG.  The official MoRA script sets A this way but leaves it trainable;
+    AsyLoRA's point is that A needs no training, so here it is frozen (requires_grad False).
+    """
+    for layer in _lora_layers(model):
+        for adapter in layer.lora_A:
+            weight = layer.lora_A[adapter].weight
+            r, k = weight.shape
+            noise = (torch.rand(r, k) - 0.5).double()
+            weight.copy_(torch.linalg.svd(noise, full_matrices=False).Vh[:r])
+            weight.requires_grad_(False)
+
+
+def _lora_layers(model: nn.Module) -> list[LoraLayer]:
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def parameter_report(model: nn.Module) -> dict:
+    """What a result JSON records about the trained parameters.
+
+    ``trainable`` and ``total`` numbers; for adapter models ``rank_summary``, the side of the trained
+    matrices per layer shape ``"<in>x<out>"`` — r̂ for MoRA, r for the LoRA family — and for MoRA
+    ``lora_equivalent``, what LoRA of the same r on the same layers would train.
+    """
+    if isinstance(model, MoraModel):
+        return {**model.parameter_counts(), "rank_summary": model.rank_summary()}
+    params = list(model.parameters())
+    report = {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+    if layers := _lora_layers(model):
+        report["rank_summary"] = {f"{m.in_features}x{m.out_features}": m.r[a] for m in layers for a in m.r}
+    return report
+
+
+def checkpoint_parameters(model: nn.Module, cfg: MethodConfig) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint must hold to resume ``model`` (keyed like ``model.state_dict()``).
+
+    The trainable parameters, and — with restarts, which fold updates into the "frozen" weights — the
+    base weights of every adapted layer, which then no longer equal those the model was built from.
+    """
+    adapted = {id(m.base_layer.weight) for m in model.modules() if isinstance(m, MoraLinear)}
+    adapted |= {id(m.get_base_layer().weight) for m in _lora_layers(model)}
+    keep_base = bool(cfg.restart_every)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad or (keep_base and id(p) in adapted)}
+
+
+def merge_for_eval(model: nn.Module) -> nn.Module:
+    """The plain Hugging Face model with the adapter merged into its weights (``fft``: the model itself).
+
+    **In place**: the adapter wrapper is consumed (its base weights now hold W + ΔW and the adapter
+    modules are gone), so call it once training is over.  Copying a 7B model to avoid that is not cheap.
+    """
+    if isinstance(model, (MoraModel, PeftModel)):
+        return model.merge_and_unload()
+    return model

@@ -1,0 +1,351 @@
+"""Adapter speed benchmark: one layer's forward+backward time for base / LoRA / MoRA, against FLOP floors.
+
+    .venv/bin/python scripts/bench_adapter.py --out results/bench_adapter.md      # what `make bench` runs
+
+Rows are the LLaMA-2-7B projection shapes (q/k/v/o 4096×4096, gate/up 4096→11008, down 11008→4096) at
+r=8 and r=256.  Per shape, every method wraps the *same* frozen ``nn.Linear`` (bias-free, as in LLaMA):
+
+* ``base``     the frozen layer alone;
+* ``LoRA``     peft's own ``lora.Linear`` (injected by ``inject_adapter_in_model`` with ``LoraConfig``,
+               dropout 0, α = 2r) — the code path peft really runs;
+* ``rope``     ``MoraLinear(..., compression="rope")``, dropout 0;
+* ``sharing``  ``MoraLinear(..., compression="sharing")``, dropout 0.
+
+One sample is one training step of the layer in float32 on ``--tokens`` tokens: ``out = layer(x)`` with
+``x`` requiring grad (as inside a network), then the backward pass.  By default the backward is driven by
+a fixed dense upstream gradient ``G`` (``out.backward(G)``, i.e. loss = (out·G).sum()), which is what a
+layer inside a network receives and costs nothing extra; ``--loss sum`` / ``--loss sq`` use
+``out.sum()`` / ``out.pow(2).mean()`` instead (``sum`` feeds a stride-0 gradient of ones, which makes
+PyTorch copy it before the matmuls; ``sq`` adds three elementwise passes over the output).  Gradients are
+cleared (set to None) between samples, outside the timed region.
+
+Noise: the machine may be shared.  Methods are measured round-robin *within* each repeat (the starting
+method rotates every round), so a slow spell hits every method alike; times are medians over the
+``--repeats`` rounds after ``--warmup`` rounds, and the ratios are medians of the per-round (paired)
+ratios.  The spread column of the verdicts is the inter-quartile range of those paired ratios.
+
+FLOP floor (multiply-accumulates per token, forward + backward):
+    base    2·k·d                 (forward + input gradient; the frozen weight gets no gradient)
+    LoRA    + 3·r·(k+d)           (A and B: forward, input gradient, weight gradient)
+    MoRA    + 3·m                 m = MACs of M per token: used_blocks·r̂² for rope (used_blocks =
+                                  min(ceil(k/r̂), ceil(d/r̂)); truncated blocks are skipped), r̂² for sharing
+    floor(MoRA/LoRA) = (2kd + 3m) / (2kd + 3r(k+d))
+A method "meets its floor" when its measured MoRA/LoRA ratio is at most 3% above the floor ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import peft  # noqa: E402
+from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
+
+from mora.adapters import MoraLinear, square_rank  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (k = in, d = out): q/k/v/o, gate/up, down
+SHAPE_NAMES = {(4096, 4096): "q/k/v/o", (4096, 11008): "gate/up", (11008, 4096): "down"}
+MERGE_SHAPES = [(4096, 11008), (11008, 4096)]
+RANKS = [8, 256]
+MORA = ["rope", "sharing"]
+TOLERANCE = 0.03  # a MoRA/LoRA ratio may exceed its FLOP floor ratio by this fraction
+ABSOLUTE_TARGETS = {"rope": (8, 1.10), "sharing": (None, 1.03)}  # (rank it applies to or None = all, max ratio)
+MERGE_TARGET_S = 0.5
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+def mora_macs(method: str, k: int, d: int, r: int) -> int:
+    """MACs of M applied to one token (forward only) for a MoRA ``method`` at LoRA rank ``r``."""
+    rank = square_rank(k, d, r, method)
+    if method == "rope":
+        used_blocks = min(math.ceil(k / rank), math.ceil(d / rank))
+        return used_blocks * rank * rank
+    if method == "sharing":
+        return rank * rank
+    raise ValueError(method)
+
+
+def floor_to_base(method: str, k: int, d: int, r: int) -> float:
+    """FLOP floor of ``method`` relative to the frozen base layer (forward + backward)."""
+    base = 2 * k * d
+    if method == "base":
+        return 1.0
+    extra = r * (k + d) if method == "lora" else mora_macs(method, k, d, r)
+    return (base + 3 * extra) / base
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class _Holder(nn.Module):
+    """A module holding the linear, so that peft injects its LoRA layer exactly as into a real model."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.proj = linear
+
+
+def build_methods(base: nn.Linear, ranks: list[int], generator: torch.Generator) -> dict[str, nn.Module]:
+    """Every timed method for one shape, all wrapping the same frozen ``base``.
+
+    Adapter weights get small random values (not peft's zero B / MoRA's zero M), so that no method can
+    profit from a zero operand; the values do not affect the timings otherwise.
+    """
+    base.requires_grad_(False)
+    methods: dict[str, nn.Module] = {"base": base}
+    for r in ranks:
+        config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["proj"])
+        lora = inject_adapter_in_model(config, _Holder(base)).proj
+        assert type(lora).__module__.startswith("peft.tuners.lora"), type(lora)
+        with torch.no_grad():
+            lora.lora_B["default"].weight.normal_(0, 0.01, generator=generator)
+        methods[f"lora{r}"] = lora
+        for name in MORA:
+            layer = MoraLinear(base, r=r, compression=name, dropout=0.0)
+            with torch.no_grad():
+                layer.M.normal_(0, 0.01, generator=generator)
+            methods[f"{name}{r}"] = layer
+    return methods
+
+
+def zero_grads(module: nn.Module, x: torch.Tensor) -> None:
+    x.grad = None
+    for p in module.parameters():
+        p.grad = None
+
+
+def train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, loss: str) -> None:
+    out = module(x)
+    if loss == "grad":
+        out.backward(grad)
+    elif loss == "sum":
+        out.sum().backward()
+    else:
+        out.pow(2).mean().backward()
+
+
+# ---------------------------------------------------------------------------------------------- timing
+@dataclass
+class ShapeTimes:
+    k: int
+    d: int
+    samples: dict[str, list[float]]  # method → seconds per round (after warmup)
+
+    def median(self, method: str) -> float:
+        return statistics.median(self.samples[method])
+
+    def paired(self, num: str, den: str) -> list[float]:
+        return [a / b for a, b in zip(self.samples[num], self.samples[den])]
+
+    def ratio(self, num: str, den: str) -> float:
+        return statistics.median(self.paired(num, den))
+
+    def ratio_iqr(self, num: str, den: str) -> tuple[float, float]:
+        q = statistics.quantiles(self.paired(num, den), n=4) if len(self.samples[num]) > 1 else [self.ratio(num, den)] * 3
+        return q[0], q[2]
+
+
+def time_shape(k: int, d: int, args: argparse.Namespace) -> ShapeTimes:
+    generator = torch.Generator().manual_seed(args.seed)
+    base = nn.Linear(k, d, bias=False)
+    with torch.no_grad():
+        base.weight.normal_(0, k**-0.5, generator=generator)
+    methods = build_methods(base, args.ranks, generator)
+    x = torch.randn(args.tokens, k, generator=generator).requires_grad_(True)
+    grad = torch.randn(args.tokens, d, generator=generator)
+    names = list(methods)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(args.warmup + args.repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:  # round-robin, rotating the starting method
+            module = methods[name]
+            zero_grads(module, x)
+            start = time.perf_counter()
+            train_step(module, x, grad, args.loss)
+            elapsed = time.perf_counter() - start
+            if round_ >= args.warmup:
+                samples[name].append(elapsed)
+    del methods, x, grad, base
+    gc.collect()
+    return ShapeTimes(k, d, samples)
+
+
+def time_merges(args: argparse.Namespace) -> list[dict]:
+    """Median seconds of ``delta_weight()`` (under no_grad, as merge() calls it) and of ``merge()``."""
+    rows = []
+    generator = torch.Generator().manual_seed(args.seed)
+    for k, d in MERGE_SHAPES:
+        base = nn.Linear(k, d, bias=False)
+        for r in args.ranks:
+            for name in MORA:
+                layer = MoraLinear(base, r=r, compression=name)
+                with torch.no_grad():
+                    layer.M.normal_(0, 0.01, generator=generator)
+                delta, merge = [], []
+                for i in range(args.merge_warmup + args.merge_repeats):
+                    with torch.no_grad():
+                        start = time.perf_counter()
+                        dw = layer.delta_weight()
+                        t_delta = time.perf_counter() - start
+                    del dw
+                    start = time.perf_counter()
+                    layer.merge()
+                    t_merge = time.perf_counter() - start
+                    layer.unmerge()
+                    if i >= args.merge_warmup:
+                        delta.append(t_delta)
+                        merge.append(t_merge)
+                rows.append(dict(k=k, d=d, r=r, method=name, rank=layer.rank,
+                                 delta=statistics.median(delta), merge=statistics.median(merge)))
+        del base
+        gc.collect()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- report
+def machine_header(args: argparse.Namespace, started: datetime.datetime, load_before, load_after, elapsed) -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    loss = {"grad": "out.backward(G), G a fixed dense random gradient", "sum": "out.sum()",
+            "sq": "out.pow(2).mean()"}[args.loss]
+    return [
+        f"- machine: {cpu}, {os.cpu_count()} logical cores ({usable} usable), {platform.system()} {platform.machine()}",
+        f"- torch {torch.__version__} with {torch.get_num_threads()} threads; peft {peft.__version__}; "
+        f"Python {platform.python_version()}",
+        f"- date: {started.isoformat(timespec='seconds')}; bench wall time {elapsed:.0f} s; "
+        f"load average before/after: {load_before} / {load_after}",
+        f"- token batch: {args.tokens} tokens × one layer, float32; backward driven by {loss}; "
+        f"{args.warmup} warmup + {args.repeats} measured rounds, methods round-robin within each round",
+        f"- times: median ms per forward+backward; ×base and MoRA/LoRA: median of per-round paired ratios; "
+        f"floor: FLOP (MAC) ratio, see scripts/bench_adapter.py",
+    ]
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def speed_table(results: list[ShapeTimes], ranks: list[int]) -> tuple[list[str], list[str], list[dict]]:
+    lines = [
+        "| layer (k→d) | r | r̂ rope / sharing | base ms | LoRA ms (×base; floor) | rope ms (×base; floor) "
+        "| sharing ms (×base; floor) | rope/LoRA (floor) | sharing/LoRA (floor) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts, records = [], []
+    for st in results:
+        k, d = st.k, st.d
+        for r in ranks:
+            lora = f"lora{r}"
+            cells = [f"{k}→{d} ({SHAPE_NAMES.get((k, d), '')})", str(r),
+                     f"{square_rank(k, d, r, 'rope')} / {square_rank(k, d, r, 'sharing')}", fmt_ms(st.median("base"))]
+            for m, method in [(lora, "lora")] + [(f"{n}{r}", n) for n in MORA]:
+                cells.append(f"{fmt_ms(st.median(m))} ({st.ratio(m, 'base'):.3f}×; {floor_to_base(method, k, d, r):.3f}×)")
+            parts = []
+            for name in MORA:
+                m = f"{name}{r}"
+                measured = st.ratio(m, lora)
+                floor = floor_to_base(name, k, d, r) / floor_to_base("lora", k, d, r)
+                cells.append(f"**{measured:.3f}×** ({floor:.3f}×)")
+                q1, q3 = st.ratio_iqr(m, lora)
+                excess = measured / floor - 1
+                ok = excess <= TOLERANCE
+                text = f"{name} {measured:.3f}× vs floor {floor:.3f}× ({excess:+.1%}, IQR {q1:.3f}–{q3:.3f}): " + (
+                    "PASS" if ok else "MISS")
+                target_rank, target = ABSOLUTE_TARGETS[name]
+                abs_ok = None
+                if target_rank is None or target_rank == r:
+                    abs_ok = measured <= target
+                    text += f"; target ≤ {target:.2f}×: {'PASS' if abs_ok else 'MISS'}"
+                parts.append(text)
+                records.append(dict(k=k, d=d, r=r, method=name, ratio=measured, floor=floor, ok=ok, abs_ok=abs_ok))
+            lines.append("| " + " | ".join(cells) + " |")
+            verdicts.append(f"- {k}→{d} r={r}: " + "; ".join(parts))
+    return lines, verdicts, records
+
+
+def merge_table(rows: list[dict]) -> tuple[list[str], list[str]]:
+    lines = ["| layer (k→d) | r | compression | r̂ | delta_weight() s | merge() s |", "|---|---|---|---|---|---|"]
+    slow = []
+    for row in rows:
+        lines.append(f"| {row['k']}→{row['d']} | {row['r']} | {row['method']} | {row['rank']} | "
+                     f"{row['delta']:.3f} | {row['merge']:.3f} |")
+        if max(row["delta"], row["merge"]) >= MERGE_TARGET_S:
+            slow.append(f"{row['k']}→{row['d']} r={row['r']} {row['method']}")
+    worst = max(max(r["delta"], r["merge"]) for r in rows)
+    verdict = f"- merge target < {MERGE_TARGET_S} s each (slowest {worst:.3f} s): " + (
+        "PASS" if not slow else "MISS (" + ", ".join(slow) + ")")
+    return lines, [verdict]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    parser.add_argument("--tokens", type=int, default=512, help="token batch (rows of x)")
+    parser.add_argument("--repeats", type=int, default=15, help="measured round-robin rounds per shape")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument("--loss", choices=["grad", "sum", "sq"], default="grad",
+                        help="grad: out.backward(dense G) (default); sum: out.sum(); sq: out.pow(2).mean()")
+    parser.add_argument("--ranks", type=int, nargs="+", default=RANKS)
+    parser.add_argument("--shapes", nargs="+", default=[f"{k}x{d}" for k, d in SHAPES], help="k x d, e.g. 4096x11008")
+    parser.add_argument("--merge-repeats", type=int, default=5)
+    parser.add_argument("--merge-warmup", type=int, default=1)
+    parser.add_argument("--no-merge", action="store_true", help="skip the delta_weight/merge table")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+
+    started = datetime.datetime.now().astimezone()
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    t0 = time.perf_counter()
+    results = []
+    for k, d in shapes:
+        print(f"timing {k}→{d} …", file=sys.stderr, flush=True)
+        results.append(time_shape(k, d, args))
+    merges = []
+    if not args.no_merge:
+        print("timing delta_weight / merge …", file=sys.stderr, flush=True)
+        merges = time_merges(args)
+    elapsed = time.perf_counter() - t0
+    load_after = " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+    speed, verdicts, _ = speed_table(results, args.ranks)
+    report = ["# Adapter speed: one LLaMA-2-7B layer, forward+backward", ""]
+    report += machine_header(args, started, load_before, load_after, elapsed) + [""]
+    report += speed + ["", f"Verdicts (MoRA/LoRA within {TOLERANCE:.0%} of its FLOP floor):", ""] + verdicts
+    if merges:
+        m_lines, m_verdicts = merge_table(merges)
+        report += ["", "## Building ΔW and merging one layer (float32, median of "
+                   f"{args.merge_repeats}; delta_weight under no_grad)", ""] + m_lines + [""] + m_verdicts
+    text = "\n".join(report) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
