@@ -34,3 +34,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .venv runs outputs multirun
+
+reproduce-table1: $(STAMP)
+	$(PY) -m mora.reproduce table1 --jobs 2
+
+tables: $(STAMP)
+	$(PY) -m mora.results render all

@@ -122,13 +122,38 @@ class AdapterRestarts(TrainerCallback):
     def __init__(self, trainer, every: int, cycle_compression: bool):
         self.trainer, self.every, self.cycle = trainer, every, cycle_compression
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.is_deepspeed_enabled and not hasattr(self.trainer.deepspeed.optimizer, "bit16_groups"):
+            raise NotImplementedError("ReLoRA/ReMoRA restarts run under DDP and ZeRO-1/2, not ZeRO-3; use launcher=zero2")
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if self.every and step % self.every == 0 and step < state.max_steps:
             # Every rank must re-draw LoRA's A identically, and a resumed run the same A as before.
             generator = torch.Generator().manual_seed(args.seed + step)
             params = restart_adapters(model, self.cycle, generator=generator)
-            reset_optimizer_state(self.trainer.optimizer, params)
+            if self.trainer.is_deepspeed_enabled:
+                reset_zero_state(self.trainer.deepspeed.optimizer, params)
+            else:
+                reset_optimizer_state(self.trainer.optimizer, params)
+
+
+def reset_zero_state(zero_optimizer, params: list[torch.nn.Parameter]) -> None:
+    """:func:`~mora.restarts.reset_optimizer_state` for DeepSpeed ZeRO-1/2, which keeps an fp32 master copy of
+    the trainable parameters and AdamW state per flattened parameter group: copy the restarted values into the
+    master (or the next step writes the old adapter back) and drop the state of the groups they make up.  A
+    group is all restarted or not at all (the adapters' groups), so AdamW restarts it as a new parameter."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    restarted = {id(p) for p in params}
+    for p in params:
+        safe_set_full_fp32_param(p, p.detach())
+    for group, master in zip(zero_optimizer.bit16_groups, zero_optimizer.single_partition_of_fp32_groups):
+        hit = [id(p) in restarted for p in group]
+        if all(hit):
+            zero_optimizer.optimizer.state.pop(master, None)
+        elif any(hit):
+            raise NotImplementedError("a ZeRO parameter group mixes restarted adapters with other trainable parameters")
 
 
 def non_finite_loss(loss: float, step: int, checkpoint: str | None) -> NonFiniteLoss:
@@ -136,7 +161,8 @@ def non_finite_loss(loss: float, step: int, checkpoint: str | None) -> NonFinite
     where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
     return NonFiniteLoss(
         f"loss became non-finite ({loss}) at step {step}; {where}. Lower optim.lr, raise optim.warmup_steps "
-        "or use train.precision=fp32, then rerun the same command (it resumes from that checkpoint)."
+        "or use train.precision=fp32 (a changed recipe is a new run: a new name, or force=true to replace "
+        "this one); rerunning the same command resumes from that checkpoint."
     )
 
 

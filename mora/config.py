@@ -104,6 +104,7 @@ class LauncherConfig:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     hostfile: str | None = None  # deepspeed runner: a hostfile for multi-node
+    cpu_threads: int = 0  # torch threads per process on CPU (0: torch's default); tiny models run as fast on 1
 
 
 @dataclass
@@ -134,6 +135,14 @@ class RunConfig:
     runs_dir: str = "runs"
     name: str | None = None  # override the derived run name
     force: bool = False  # rerun even when runs/<name>/result.json exists (wipes the run dir)
+
+
+def register_schema() -> None:
+    """Make :class:`RunConfig` the base of ``conf/config.yaml`` (its ``run_schema`` default), so Hydra
+    accepts overrides of every schema key and rejects unknown ones while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
 _CHOICES = {
@@ -172,8 +181,16 @@ def validate(raw: DictConfig | dict) -> DictConfig:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
     t = cfg.train
+    for key in ("train.global_batch", "train.micro_batch", "train.log_every", "train.save_every", "optim.lr"):
+        if not OmegaConf.select(cfg, key) > 0:
+            raise ConfigError(f"{key} must be positive, got {OmegaConf.select(cfg, key)}")
     if t.global_batch % t.micro_batch:
         raise ConfigError(f"train.global_batch={t.global_batch} is not a multiple of train.micro_batch={t.micro_batch}")
+    if t.save_every % t.log_every:  # HF restarts the loss average at the checkpoint
+        raise ConfigError(
+            f"train.save_every={t.save_every} is not a multiple of train.log_every={t.log_every}: a resumed run "
+            "would log a loss averaged over fewer steps than the uninterrupted run; make it a multiple"
+        )
     if cfg.launcher.name == "local" and (cfg.launcher.num_processes > 1 or cfg.launcher.num_machines > 1):
         raise ConfigError("launcher=local runs one process; use launcher=ddp|zero2|zero3 for more")
     return cfg

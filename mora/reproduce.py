@@ -6,22 +6,26 @@
     python -m mora.reproduce table1 --dry-run        # print the mora-run commands instead
 
 The grid lives in ``conf/grids/<table>.yaml``: the runs of the table, each a method with its rank,
-learning rate and other method settings (``set``), each either one value or one per scale.  Every run is composed exactly as ``mora-run experiment=<table> <overrides>``
-would compose it (same name, same directory, same resume/skip rules), trained, and its ``result.json``
-copied to ``results/runs/<table>[-paper]/`` — the committed files ``make tables`` renders from.
+learning rate and other method settings (``set``), each either one value or one per scale.  Every run
+is ``mora-run experiment=<table> <overrides>`` (same name, same directory, same resume/skip rules),
+trained in a child process (``--jobs`` of them at once), and its ``result.json`` copied to ``results/runs/<table>[-paper][-sweep]/`` — the committed files ``make tables`` renders from
+(``results/<table>[-paper][-sweep].md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from .run import CONF_DIR, REPO_ROOT, launch, run_name
 from .config import validate
+from .run import CONF_DIR, REPO_ROOT, run_name
 
 
 def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]:
@@ -39,6 +43,15 @@ def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]
     return points
 
 
+def run_in_subprocess(overrides: list[str], label: str) -> int:
+    """``mora-run <overrides>`` in a child process, its output prefixed with ``label``; the exit code."""
+    command = [sys.executable, "-m", "mora.run", *overrides]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        for line in child.stdout:
+            print(f"[{label}] {line}", end="", flush=True)
+    return child.returncode
+
+
 def compose_run(overrides: list[str]):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -49,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("table", help="a grid in conf/grids/, e.g. table1")
     parser.add_argument("options", nargs="*", help="scale=pocket|paper, sweep=lr")
     parser.add_argument("--dry-run", action="store_true", help="print the mora-run commands and stop")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process "
+                        "(CPU pocket scale: one per core, with launcher.cpu_threads=1)")
     args = parser.parse_args(argv)
     options = dict(o.split("=", 1) for o in args.options)
     scale, sweep = options.get("scale", "pocket"), options.get("sweep")
@@ -56,23 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     from .results import render
 
     points = grid_overrides(args.table, scale, sweep)
-    names = []
-    for overrides in points:
-        cfg = compose_run(overrides)
-        checked = validate(cfg)
-        name = run_name(checked, overrides)
-        names.append(Path(checked.runs_dir) / name)
-        if args.dry_run:
-            print("mora-run " + " ".join(overrides))
-            continue
-        print(f"\n=== {len(names)}/{len(points)}  {name}", flush=True)
-        launch(cfg, overrides)
+    run_dirs = []
+    for overrides in points:  # validate the whole grid before training any of it
+        cfg = validate(compose_run(overrides))
+        run_dirs.append(Path(cfg.runs_dir) / run_name(cfg, overrides))
     if args.dry_run:
+        print("\n".join("mora-run " + " ".join(overrides) for overrides in points))
         return
-    collected = REPO_ROOT / "results" / "runs" / (args.table if scale == "pocket" else f"{args.table}-{scale}")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        codes = list(pool.map(run_in_subprocess, points, [d.name for d in run_dirs]))
+    if failed := [d.name for d, code in zip(run_dirs, codes) if code]:
+        sys.exit(f"reproduce: {len(failed)} run(s) failed: {', '.join(failed)}")
+    variant = "-".join(v for v in (args.table, scale if scale != "pocket" else "", "sweep" if sweep else "") if v)
+    collected = REPO_ROOT / "results" / "runs" / variant
     shutil.rmtree(collected, ignore_errors=True)
     collected.mkdir(parents=True)
-    for run_dir in names:
+    for run_dir in run_dirs:
         shutil.copy(run_dir / "result.json", collected / f"{run_dir.name}.json")
     render(args.table, collected, REPO_ROOT / "results")
 

@@ -34,7 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+import yaml
+
 SCHEMA_VERSION = 1
+GRIDS_DIR = Path(__file__).resolve().parent.parent / "conf" / "grids"
 RESULT_FILE = "result.json"
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,8 +295,9 @@ TABLE1_FRACTIONS = (0.3, 0.5, 0.7, 0.9)
 TABLE1_TOLERANCE = 0.05
 
 
-def render_table1(results: list[dict], out_md: str | Path, out_png: str | Path) -> str:
-    """Write the UUID memorisation table (markdown) and its curves (PNG); return the markdown."""
+def render_table1(results: list[dict], out_md: str | Path, out_png: str | Path, about: str = "") -> str:
+    """Write the UUID memorisation table (markdown) and its curves (PNG); return the markdown.
+    ``about``: the grid's own words on how its scale was chosen, quoted under the notes."""
     if not results:
         raise ValueError("table1: no results to render")
     out_md, out_png = Path(out_md), Path(out_png)
@@ -325,6 +329,7 @@ def render_table1(results: list[dict], out_md: str | Path, out_png: str | Path) 
         markdown_table(["method", "r", *map(str, PAPER_TABLE1[0][2])], paper),
         "## Notes",
         "\n".join(f"- {line}" for line in table1_notes(groups)),
+        *([f"**How this scale was chosen** (from `conf/grids/table1.yaml`): {about.strip()}"] if about else []),
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
@@ -468,12 +473,19 @@ TABLES: dict[str, Callable[[list[dict], Path, Path], str]] = {"table1": render_t
 
 
 def render(table: str, runs_dir: str | Path, out_dir: str | Path) -> Path:
-    """Render ``table`` from the results under ``runs_dir`` into ``out_dir/<table>.md`` (+ PNG)."""
+    """Render ``table`` from the results under ``runs_dir`` into ``out_dir/<stem>.md`` (+ PNG).
+
+    The stem is the runs directory's name when it names a variant of the table (``table1-sweep``,
+    ``table1-paper``), so variants never overwrite the default table; otherwise the table's name."""
     results = load_results(runs_dir)
     if not results:
         raise FileNotFoundError(f"{table}: no {RESULT_FILE} under {runs_dir}")
-    out_md = Path(out_dir) / f"{table}.md"
-    TABLES[table](results, out_md, Path(out_dir) / f"{table}_curves.png")
+    name = Path(runs_dir).name
+    stem = name if name.startswith(f"{table}-") else table
+    out_md = Path(out_dir) / f"{stem}.md"
+    grid = GRIDS_DIR / f"{table}.yaml"
+    about = (yaml.safe_load(grid.read_text()) or {}).get("about", "") if grid.exists() else ""
+    TABLES[table](results, out_md, Path(out_dir) / f"{stem}_curves.png", about)
     return out_md
 
 
@@ -493,9 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.table == "all":
         if args.runs:
             parser.error("--runs names one table's runs; with 'all' use --root")
-        todo = [(name, Path(args.root) / name) for name in TABLES if (Path(args.root) / name).is_dir()]
+        dirs = sorted(d for d in Path(args.root).glob("*") if d.is_dir())
+        todo = [(d.name.split("-")[0], d) for d in dirs if d.name.split("-")[0] in TABLES]
         for name in TABLES:
-            if (name, Path(args.root) / name) not in todo:
+            if name not in {table for table, _ in todo}:
                 print(f"{name}: skipped, no runs in {Path(args.root) / name}")
     else:
         todo = [(args.table, Path(args.runs or Path(args.root) / args.table))]

@@ -18,7 +18,9 @@ holds a different config — is one line on stderr and exit code 2, before anyth
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +28,12 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, validate
+from .config import ConfigError, register_schema, validate
+
+register_schema()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -40,7 +45,7 @@ _NOT_RECIPE = ("launcher", "logger", "force", "name", "runs_dir", "experiment", 
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"mora-run: error: {message}", file=sys.stderr)
+    print(f"mora-run: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, whatever raised it
     sys.exit(code)
 
 
@@ -79,7 +84,7 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
 def _recipe(cfg: DictConfig) -> dict:
     """The part of a config that defines the result (not where or how loudly it runs)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in data.items() if k not in ("launcher", "logger", "force", "name")}
+    return {k: v for k, v in data.items() if k not in ("launcher", "logger", "force", "name", "runs_dir")}
 
 
 def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> str:
@@ -95,13 +100,21 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> str:
             )
         if (run_dir / "result.json").exists():
             return "done"
-        OmegaConf.save(cfg, config_file)  # launcher settings may change between attempts
+        save_config(cfg, config_file)  # launcher settings may change between attempts
         return "resume"
     if cfg.force and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, config_file)
+    save_config(cfg, config_file)
     return "new"
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write ``config.yaml`` atomically: on several machines every driver writes the same recipe (only
+    ``launcher.machine_rank`` differs) to the shared run directory while launched ranks may be reading it."""
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    OmegaConf.save(cfg, tmp)
+    tmp.replace(path)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -117,11 +130,22 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def launch_command(cfg: DictConfig, config_file: Path) -> list[str]:
-    """The command that starts every process of a distributed run on this machine."""
+    """The command that starts this machine's processes of a distributed run (every machine runs its own,
+    with its ``launcher.machine_rank``), or, for the deepspeed runner with a hostfile, every host's.
+
+    ``runner=auto`` is accelerate (``conf/accelerate/<launcher>.yaml``), on GPUs and on CPU alike, unless a
+    hostfile is given.  accelerate + DeepSpeed with ≥2 CPU processes once failed here with "train_batch_size
+    is not equal to micro_batch_per_gpu * gradient_acc_step * world_size" because each rank's accelerate
+    ``PartialState`` was built with ``cpu=False``: with no CUDA its ``_prepare_backend`` finds no backend
+    (None), DeepSpeed's ``init_distributed`` (``ACCELERATE_USE_DEEPSPEED=true``) still forms the 2-rank group,
+    and then ``backend is None`` sets ``num_processes = 1``, so HF computes the DeepSpeed batch for a world of
+    1 while DeepSpeed checks it against 2.  :func:`mora.train.training_arguments` passes ``use_cpu=True`` (and
+    gloo) without CUDA, which takes accelerate's MULTI_CPU path: it counts every rank.
+    """
     launcher = cfg.launcher
     runner = launcher.runner
-    if runner == "auto":  # accelerate + DeepSpeed with ≥2 CPU processes miscounts ranks (STACK_NOTES)
-        runner = "accelerate" if torch.cuda.is_available() else ("torchrun" if launcher.name == "ddp" else "deepspeed")
+    if runner == "auto":
+        runner = "deepspeed" if launcher.hostfile else "accelerate"
     n, nodes = str(launcher.num_processes), str(launcher.num_machines)
     ip, port, rank = launcher.main_process_ip, str(launcher.main_process_port), str(launcher.machine_rank)
     target = ["-m", "mora.train", str(config_file)]
@@ -136,8 +160,17 @@ def launch_command(cfg: DictConfig, config_file: Path) -> list[str]:
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n, "--nnodes", nodes,
             "--node_rank", rank, "--master_addr", ip, "--master_port", port, *target,
         ]
-    hosts = ["--hostfile", launcher.hostfile] if launcher.hostfile else ["--num_nodes", nodes, "--num_gpus", n]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", *hosts, "--master_addr", ip, "--master_port", port,
+    # deepspeed: started once.  With a hostfile, its hosts and slots are the world: the runner reaches the other
+    # hosts over ssh (pdsh) and the first host is the master.  --no_local_rank: mora.train takes only the config
+    # path (ranks read LOCAL_RANK from the environment).
+    if launcher.hostfile:
+        where = ["--hostfile", launcher.hostfile]
+    elif launcher.num_machines > 1:
+        raise ConfigError("launcher.runner=deepspeed on several machines needs launcher.hostfile=... "
+                          "(scripts/hostfile.example), or use runner=accelerate with launcher.machine_rank on every machine")
+    else:
+        where = ["--num_gpus", n, "--master_addr", ip]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", *where, "--master_port", port, "--no_local_rank",
             "--module", "mora.train", str(config_file)]
 
 
@@ -150,22 +183,29 @@ def launch(raw: DictConfig, overrides: list[str]) -> dict | None:
         cfg = validate(raw)
         run_dir = Path(cfg.runs_dir) / (cfg.name or run_name(cfg, overrides))
         preflight(cfg)
+        if cfg.force and cfg.launcher.num_machines > 1:
+            raise ConfigError("force=true on several machines would let each one wipe the run directory while the "
+                              "others use it: delete it once, then launch without force")
+        # launched processes start in REPO_ROOT (conf/accelerate/*.yaml name conf/deepspeed/*.json from there)
+        command = None if cfg.launcher.name == "local" else launch_command(cfg, (run_dir / "config.yaml").resolve())
         state = prepare_run_dir(run_dir, cfg)
     except ConfigError as e:
         fail(str(e))
     if state == "done":
         print(f"{run_dir.name}: already finished ({run_dir / 'result.json'}); force=true reruns it", flush=True)
         return None
-    if cfg.launcher.name == "local":
+    if command is None:
         from .train import train
 
         try:
             return train(cfg, run_dir)
         except NonFiniteLoss as e:
             fail(str(e), code=1)
-    command = launch_command(cfg, run_dir / "config.yaml")
+    env = dict(os.environ)
+    if not torch.cuda.is_available():  # ranks share this machine's cores: one BLAS thread pool each, no oversubscription
+        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // cfg.launcher.num_processes)))
     print("launching:", " ".join(command), flush=True)
-    if (code := subprocess.run(command, cwd=REPO_ROOT).returncode) != 0:
+    if (code := subprocess.run(command, cwd=REPO_ROOT, env=env).returncode) != 0:
         fail(f"the launched run exited with code {code}; see the output above", code=code)
     return None
 
@@ -177,7 +217,12 @@ def _hydra_main(raw: DictConfig) -> None:
 
 def main() -> None:
     check_group_choices(sys.argv[1:])
-    _hydra_main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a multi-line report
+    try:
+        _hydra_main()
+    except HydraException as e:
+        cause = str(e.__cause__).splitlines()[0] if e.__cause__ else ""
+        fail(" ".join(f"{str(e).splitlines()[0]} {cause}".split()))
 
 
 if __name__ == "__main__":

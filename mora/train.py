@@ -17,6 +17,7 @@ callbacks in :mod:`mora.callbacks`, and ``result.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,11 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import envinfo, methods
 from .callbacks import AdapterRestarts, MetricsLog, TaskEvaluation, non_finite_loss, stdout_is_terminal
-from .config import grad_accum_steps
+from .config import grad_accum_steps, validate
 from .models import load_model, load_tokenizer
 from .restarts import restart_lr_multiplier
 from .results import curves_from_metrics, read_metrics_jsonl, write_result
@@ -58,6 +58,20 @@ def lr_lambda(step: int, *, total: int, warmup: int, schedule: str, restart_ever
         restarts = list(range(restart_every, total, restart_every))
         base *= restart_lr_multiplier(step, restarts, restart_warmup)
     return max(base, 0.0)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest *complete* ``checkpoint-<step>`` in ``output_dir``: the Trainer writes trainer_state.json
+    last, so a run killed while saving leaves a folder without it, and resumes from the one before
+    (``transformers.trainer_utils.get_last_checkpoint`` would pick the broken folder)."""
+    folders = [d for d in Path(output_dir).glob("checkpoint-*") if d.name.removeprefix("checkpoint-").isdigit()]
+    for folder in sorted(folders, key=lambda d: int(d.name.removeprefix("checkpoint-")), reverse=True):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):  # absent, or cut short by the kill
+            continue
+        return str(folder)
+    return None
 
 
 class MoraTrainer(Trainer):
@@ -90,8 +104,7 @@ class MoraTrainer(Trainer):
         if torch.distributed.is_initialized():  # one rank's NaN stops every rank
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if finite.item() < 1:
-            has_dir = os.path.isdir(self.args.output_dir)
-            checkpoint = get_last_checkpoint(self.args.output_dir) if has_dir else None
+            checkpoint = last_checkpoint(self.args.output_dir)
             raise non_finite_loss(loss.item(), self.state.global_step + 1, checkpoint)
         return loss
 
@@ -107,6 +120,18 @@ class MoraTrainer(Trainer):
         keep = methods.checkpoint_parameters(self.model, self.run_cfg.method)
         tensors = {name: p.detach().cpu().contiguous() for name, p in keep.items()}
         save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+
+    def _issue_warnings_after_load(self, load_result):
+        """Resuming from a lean checkpoint (:meth:`_save`): the frozen weights are absent by design, so
+        HF's "missing keys" warning (every base weight) is noise; a key that *should* be there and is not,
+        or one the model lacks, means the checkpoint does not fit the model: refuse to resume from it."""
+        expected = methods.checkpoint_parameters(self.model, self.run_cfg.method)
+        missing = [k for k in load_result.missing_keys if k in expected]
+        if missing or load_result.unexpected_keys:
+            raise RuntimeError(
+                f"the checkpoint does not fit the model (missing {missing[:3]}, unexpected "
+                f"{list(load_result.unexpected_keys)[:3]}); remove {self.args.output_dir} or pass force=true"
+            )
 
 
 def training_arguments(cfg: DictConfig, run_dir: Path, world_size: int, max_steps: int) -> TrainingArguments:
@@ -136,26 +161,45 @@ def training_arguments(cfg: DictConfig, run_dir: Path, world_size: int, max_step
         run_name=run_dir.name,
         disable_tqdm=not stdout_is_terminal(),
         deepspeed=str(DEEPSPEED_CONFIGS[launcher.name]) if launcher.name in DEEPSPEED_CONFIGS else None,
+        # Without CUDA, use_cpu is what makes accelerate count the CPU ranks (its MULTI_CPU path, gloo); with
+        # use_cpu=False it sees 1 process while DeepSpeed sees them all (mora.run.launch_command).
         ddp_backend=None if torch.cuda.is_available() else ("gloo" if world_size > 1 else None),
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every trainable parameter is used (HF guesses True for non-PreTrainedModels)
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
 
 
-def _configure_wandb(cfg: DictConfig, run_dir: Path) -> None:
-    """W&B through the Trainer's integration: offline unless WANDB_MODE says otherwise, and a stable id
-    derived from the run name so a resumed run re-attaches to the same W&B run."""
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
-    os.environ["WANDB_PROJECT"] = cfg.logger.project
-    if cfg.logger.entity:
-        os.environ["WANDB_ENTITY"] = cfg.logger.entity
-    os.environ["WANDB_RUN_ID"] = run_dir.name.replace("=", "_")[:128]
-    os.environ["WANDB_RESUME"] = "allow"
-    os.environ["WANDB_RUN_GROUP"] = cfg.logger.group or cfg.experiment or cfg.task.name
-    os.environ["WANDB_JOB_TYPE"] = cfg.method.name
-    os.environ["WANDB_TAGS"] = ",".join([cfg.task.name, cfg.method.name, f"r{cfg.method.r}", *cfg.logger.tags])
+def wandb_run_id(name: str) -> str:
+    """The W&B id of run ``name``: the name itself, within W&B's 128 characters (with a hash of the full
+    name when cut, so names that differ only at the end keep distinct ids); the same on every resume."""
+    run_id = name.replace("=", "_")
+    if len(run_id) > 128:
+        run_id = f"{run_id[:115]}-{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
+    return run_id
+
+
+def _start_wandb(cfg: DictConfig, run_dir: Path) -> None:
+    """Open this run's W&B run (rank 0), which the Trainer's integration then logs into: offline unless
+    WANDB_MODE says otherwise, under ``run_dir/wandb/`` unless WANDB_DIR says otherwise, with a stable id
+    so a resumed run re-attaches.  Explicit arguments, not WANDB_* variables: wandb reads those once per
+    process, so the second run of a sweep would reuse the first one's id and directory."""
+    import wandb
+
+    wandb.init(
+        mode=os.environ.get("WANDB_MODE", "offline"),
+        dir=os.environ.get("WANDB_DIR") or str(run_dir),
+        project=cfg.logger.project,
+        entity=cfg.logger.entity or None,
+        id=wandb_run_id(run_dir.name),
+        name=run_dir.name,
+        resume="allow",
+        group=cfg.logger.group or cfg.experiment or cfg.task.name,
+        job_type=cfg.method.name,
+        tags=[cfg.task.name, cfg.method.name, f"r{cfg.method.r}", *cfg.logger.tags],
+        config={"run": OmegaConf.to_container(cfg, resolve=True)},  # nested: HF adds TrainingArguments flat (its own "optim")
+    )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -167,6 +211,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed: no "no GPU found" notice on CPU runs
+        if cfg.launcher.cpu_threads:
+            torch.set_num_threads(cfg.launcher.cpu_threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
@@ -181,13 +227,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     max_steps = cfg.train.max_steps
     if max_steps <= 0:
         max_steps = math.ceil(cfg.train.epochs * len(dataset) / cfg.train.global_batch)
-    if cfg.logger.name == "wandb":
-        _configure_wandb(cfg, run_dir)
     args = training_arguments(cfg, run_dir, world_size, max_steps)
     trainer = MoraTrainer(
         model=trainable.model, args=args, train_dataset=dataset, data_collator=task.collate,
         run_cfg=cfg, param_groups=trainable.param_groups,
     )
+    if cfg.logger.name == "wandb" and trainer.is_world_process_zero():
+        _start_wandb(cfg, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", print_lines=args.disable_tqdm)
     steps = TaskEvaluation.schedule(max_steps, cfg.train.eval_every, list(cfg.train.eval_at))
     evaluation = TaskEvaluation(trainer, task, steps)
@@ -199,7 +245,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if method_cfg.restart_every:
         trainer.add_callback(AdapterRestarts(trainer, method_cfg.restart_every, method_cfg.cycle_compression))
 
-    checkpoint = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    checkpoint = last_checkpoint(args.output_dir)
     if checkpoint and trainer.is_world_process_zero():
         resumed_step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
         log.truncate_after(resumed_step)
@@ -209,13 +255,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"{run_dir.name}: {params['trainable']:,} trainable of {params['total']:,} parameters; "
               f"{max_steps} steps of {cfg.train.global_batch} examples", flush=True)
     output = trainer.train(resume_from_checkpoint=checkpoint)
+    if cfg.logger.name == "wandb":  # HF leaves the W&B run open: the next run of a sweep would log into it
+        import wandb
+
+        wandb.finish()
 
     if not trainer.is_world_process_zero():
         return {}
     records = read_metrics_jsonl(run_dir / "metrics.jsonl")
     curves = curves_from_metrics(records)
     losses = [r["loss"] for r in records if "loss" in r]
-    metrics = {**evaluation.last_metrics, "final_loss": losses[-1] if losses else output.training_loss}
+    # a run resumed from its final checkpoint trains and evaluates nothing: its final evaluation is on record
+    evaluated = evaluation.last_metrics or (curves["eval"][-1][1] if curves["eval"] else {})
+    metrics = {**evaluated, "final_loss": losses[-1] if losses else output.training_loss}
     tokens = trainer.state.num_input_tokens_seen
     timing = {
         "wall_s": time.time() - started,
@@ -224,6 +276,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "tokens_seen": tokens,
         "peak_mem_mb": _peak_memory_mb(),
         "world_size": world_size,
+        "grad_accum": args.gradient_accumulation_steps,  # derived: global_batch / (micro_batch × world_size)
     }
     return write_result(
         run_dir, config=OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
@@ -244,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m mora.train runs/<name>/config.yaml   (written by mora-run)")
     path = Path(argv[0])
-    train(OmegaConf.load(path), path.parent)
+    train(validate(OmegaConf.load(path)), path.parent)  # typed again: the task config becomes its dataclass
 
 
 if __name__ == "__main__":

@@ -157,7 +157,9 @@ class ShapeTimes:
         return q[0], q[2]
 
 
-def time_shape(k: int, d: int, args: argparse.Namespace) -> ShapeTimes:
+def time_shape(k: int, d: int, args: argparse.Namespace, budget_s: float) -> ShapeTimes:
+    """Warmup, then up to ``--repeats`` measured rounds; stops early (never below ``--min-repeats``) once
+    the shape has used ``budget_s`` seconds, so that a busy machine cannot stretch the run without bound."""
     generator = torch.Generator().manual_seed(args.seed)
     base = nn.Linear(k, d, bias=False)
     with torch.no_grad():
@@ -167,7 +169,11 @@ def time_shape(k: int, d: int, args: argparse.Namespace) -> ShapeTimes:
     grad = torch.randn(args.tokens, d, generator=generator)
     names = list(methods)
     samples: dict[str, list[float]] = {n: [] for n in names}
+    started = time.perf_counter()
     for round_ in range(args.warmup + args.repeats):
+        measured = round_ - args.warmup
+        if measured >= args.min_repeats and time.perf_counter() - started > budget_s:
+            break
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:  # round-robin, rotating the starting method
             module = methods[name]
@@ -215,7 +221,9 @@ def time_merges(args: argparse.Namespace) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def machine_header(args: argparse.Namespace, started: datetime.datetime, load_before, load_after, elapsed) -> list[str]:
+def machine_header(args: argparse.Namespace, started: datetime.datetime, load_before, load_after, elapsed,
+                   results: list[ShapeTimes]) -> list[str]:
+    rounds = ", ".join(f"{st.k}→{st.d}: {len(st.samples['base'])}" for st in results)
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -234,7 +242,8 @@ def machine_header(args: argparse.Namespace, started: datetime.datetime, load_be
         f"- date: {started.isoformat(timespec='seconds')}; bench wall time {elapsed:.0f} s; "
         f"load average before/after: {load_before} / {load_after}",
         f"- token batch: {args.tokens} tokens × one layer, float32; backward driven by {loss}; "
-        f"{args.warmup} warmup + {args.repeats} measured rounds, methods round-robin within each round",
+        f"{args.warmup} warmup + {args.repeats} measured rounds per shape (fewer if the time budget ran out: "
+        f"{rounds}), methods round-robin within each round",
         f"- times: median ms per forward+backward; ×base and MoRA/LoRA: median of per-round paired ratios; "
         f"floor: FLOP (MAC) ratio, see scripts/bench_adapter.py",
     ]
@@ -282,6 +291,28 @@ def speed_table(results: list[ShapeTimes], ranks: list[int]) -> tuple[list[str],
     return lines, verdicts, records
 
 
+def noise_note(results: list[ShapeTimes], records: list[dict], args, load_before: str, load_after: str) -> str:
+    """One line on how trustworthy the run was: machine load and the spread of the paired ratios."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    widths = []
+    for st in results:
+        for r in args.ranks:
+            for name in MORA:
+                q1, q3 = st.ratio_iqr(f"{name}{r}", f"lora{r}")
+                widths.append(q3 - q1)
+    base_spread = max(max(st.samples["base"]) / min(st.samples["base"]) for st in results)
+    load = max(float(load_before.split()[0]), float(load_after.split()[0]))
+    busy = load > 0.5 * usable or max(widths) > 0.05
+    passed = sum(r["ok"] for r in records)
+    text = (f"Noise: widest IQR of a MoRA/LoRA paired ratio {max(widths):.3f}; slowest/fastest base sample "
+            f"{base_spread:.2f}×; 1-min load average up to {load:.2f} on {usable} cores. "
+            f"{passed}/{len(records)} MoRA ratios within {TOLERANCE:.0%} of their floor.")
+    if busy:
+        text += (" **The machine was busy during this run: the ratios are noisy and the verdicts indicative only; "
+                 "rerun `make bench` on an idle machine.**")
+    return text
+
+
 def merge_table(rows: list[dict]) -> tuple[list[str], list[str]]:
     lines = ["| layer (k→d) | r | compression | r̂ | delta_weight() s | merge() s |", "|---|---|---|---|---|---|"]
     slow = []
@@ -300,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     parser.add_argument("--tokens", type=int, default=512, help="token batch (rows of x)")
-    parser.add_argument("--repeats", type=int, default=15, help="measured round-robin rounds per shape")
+    parser.add_argument("--repeats", type=int, default=12, help="measured round-robin rounds per shape")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument("--min-repeats", type=int, default=5, help="measured rounds kept even past the budget")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="time budget of the speed table, split over the shapes by k·d (default 300)")
     parser.add_argument("--loss", choices=["grad", "sum", "sq"], default="grad",
                         help="grad: out.backward(dense G) (default); sum: out.sum(); sq: out.pow(2).mean()")
     parser.add_argument("--ranks", type=int, nargs="+", default=RANKS)
@@ -320,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     t0 = time.perf_counter()
     results = []
+    total_kd = sum(k * d for k, d in shapes)
     for k, d in shapes:
         print(f"timing {k}→{d} …", file=sys.stderr, flush=True)
-        results.append(time_shape(k, d, args))
+        results.append(time_shape(k, d, args, budget_s=args.max_seconds * k * d / total_kd))
     merges = []
     if not args.no_merge:
         print("timing delta_weight / merge …", file=sys.stderr, flush=True)
@@ -330,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     load_after = " ".join(f"{v:.2f}" for v in os.getloadavg())
 
-    speed, verdicts, _ = speed_table(results, args.ranks)
+    speed, verdicts, records = speed_table(results, args.ranks)
     report = ["# Adapter speed: one LLaMA-2-7B layer, forward+backward", ""]
-    report += machine_header(args, started, load_before, load_after, elapsed) + [""]
+    report += machine_header(args, started, load_before, load_after, elapsed, results) + [""]
     report += speed + ["", f"Verdicts (MoRA/LoRA within {TOLERANCE:.0%} of its FLOP floor):", ""] + verdicts
+    report += ["", noise_note(results, records, args, load_before, load_after)]
     if merges:
         m_lines, m_verdicts = merge_table(merges)
         report += ["", "## Building ΔW and merging one layer (float32, median of "

@@ -198,7 +198,7 @@ def test_forward_equals_delta_weight(name, shape):
     assert dw.abs().sum() > 0
     update = layer(x) - layer.base_layer(x)
     torch.testing.assert_close(update, x @ dw.T, rtol=0, atol=1e-12)
-    torch.testing.assert_close(layer.compression.apply(x, layer.M), x @ dw.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.compression.update(x, layer.M), x @ dw.T, rtol=0, atol=1e-12)
 
 
 # ================================================================================ gradients
@@ -228,7 +228,7 @@ def test_gradcheck(name, shape):
     x = torch.randn(2, k, dtype=DT, generator=g, requires_grad=True)
     M = torch.randn(comp.rank, comp.rank, dtype=DT, generator=g, requires_grad=True)
     result = torch.randn(2, d, dtype=DT, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(comp.apply, (x, M), fast_mode=True)
+    assert torch.autograd.gradcheck(comp.update, (x, M), fast_mode=True)
     if hasattr(comp, "add_to"):  # the fused "result + update" path MoraLinear uses
         assert torch.autograd.gradcheck(comp.add_to, (result, x, M), fast_mode=True)
 
@@ -241,7 +241,7 @@ def test_matches_official_reference(name, shape):
     layer = _layer(name, k, d, r)
     M = layer.M.detach()
     x = _x(k, seed=2)
-    ours = layer.compression.apply(x, M)
+    ours = layer.compression.update(x, M)
 
     if official_code_crashes(name, k, layer.rank):
         # The official forward cannot handle pad > k; document that, then compare with the cyclic extension.
@@ -407,7 +407,7 @@ def test_delta_weight_is_vectorised_on_a_llama_mlp_layer(name):
     dw = comp.delta_weight(M)
     assert dw.shape == (d, k) and dw.dtype == torch.float32
     x = torch.randn(4, k, generator=g)
-    via_forward = comp.apply(x, M)
+    via_forward = comp.update(x, M)
     via_weight = x @ dw.T
     rel = (via_forward - via_weight).abs().max() / via_weight.abs().max()
     assert rel < 1e-5

@@ -6,9 +6,10 @@ MoRA trains one square matrix ``M`` (r̂ × r̂) and routes a layer input ``x`` 
 
 Every operator here is *linear* in ``x`` and in ``M``, so the update is a fixed linear function of ``M``:
 a weight matrix ΔW (d × k) that can be merged into the frozen base weight.  Each variant therefore
-implements two things that must agree exactly: ``apply(x, M)`` (the training-time path, fast tensor
+implements two things that must agree exactly: ``update(x, M)`` (the training-time path, fast tensor
 ops) and ``delta_weight(M)`` (the same map as a d × k matrix, built with index/scatter ops — never a
-Python loop over features, never by pushing an identity matrix through ``apply``).
+Python loop over features, never by pushing an identity matrix through ``update``).  The path is not
+called ``apply``: that would shadow ``nn.Module.apply(fn)``, which DeepSpeed and HF call on a model.
 
 Two families exist:
 
@@ -63,12 +64,29 @@ def _runs(total: int, parts: int) -> Tensor:
     return torch.tensor([q + 1] * m + [q] * (parts - m), dtype=torch.long)
 
 
+def _fold(t: Tensor, k: int) -> Tensor:
+    """(..., n) → (..., k): column p of ``t`` added onto column p mod k, in increasing p.
+
+    This is what a scatter-add of ``t`` into zeros at the cyclic index p mod k computes (same sums in the
+    same order, so bit-identical), as one copy plus one slice add per wrap instead of an element-wise
+    scatter.  With n ≤ k the columns are kept and zero columns appended.
+    """
+    n = t.shape[-1]
+    if n <= k:
+        return F.pad(t, (0, k - n)) if n < k else t
+    out = t[..., :k].clone(memory_format=torch.contiguous_format)
+    for start in range(k, n, k):  # one slice add per wrap, not per feature
+        stop = min(start + k, n)
+        out[..., : stop - start] += t[..., start:stop]
+    return out
+
+
 class _WrapPad(torch.autograd.Function):
-    """``x.index_select(-1, index)`` for the cyclic index 0, 1, …, k−1, 0, 1, … (length ≥ k).
+    """``x.index_select(-1, index)`` for the cyclic index 0, 1, …, k−1, 0, 1, … (length > k).
 
     The forward is that gather.  The backward folds the gradient's wrapped-around columns back onto the
-    first ones with in-order adds — the sums index_select's own backward forms (a scatter-add into zeros,
-    in index order), so the result is bit-identical, without the zero fill and the element-wise scatter.
+    first ones (:func:`_fold`) — the sums index_select's own backward forms (a scatter-add into zeros, in
+    index order), so the result is bit-identical, without the zero fill and the element-wise scatter.
     """
 
     @staticmethod
@@ -78,12 +96,7 @@ class _WrapPad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        k, length = ctx.k, grad.shape[-1]
-        grad_x = grad[..., :k].clone(memory_format=torch.contiguous_format)
-        for start in range(k, length, k):  # one slice add per wrap, not per feature
-            stop = min(start + k, length)
-            grad_x[..., : stop - start] += grad[..., start:stop]
-        return grad_x, None
+        return _fold(grad, ctx.k), None
 
 
 def _tile(y: Tensor, width: int) -> Tensor:
@@ -95,28 +108,33 @@ def _tile(y: Tensor, width: int) -> Tensor:
 class _AddTiled(torch.autograd.Function):
     """``result + tile(y).to(result.dtype)`` for ``y`` narrower than ``result``, never materialising the tiles.
 
-    The forward adds ``y`` into each tile-wide slice of a fresh output.  The backward passes the gradient
-    to ``result`` unchanged and gives ``y`` the sum of its tiles, formed exactly as autograd differentiates
-    ``repeat`` + slice + cast (cast back, zero-pad to whole tiles, sum over the tile axis), so gradients
-    are bit-identical to the unfused expression.
+    The forward is one broadcast add over the whole tiles (``result`` viewed as (…, tiles, width)) and
+    one for the cut last tile, into a fresh output.  The backward passes the gradient to ``result``
+    unchanged and gives ``y`` the sum of its tiles, formed exactly as autograd differentiates ``repeat`` +
+    slice + cast (cast back, zero-pad to whole tiles, sum over the tile axis), so gradients are
+    bit-identical to the unfused expression.
     """
 
     @staticmethod
     def forward(ctx, result: Tensor, y: Tensor) -> Tensor:
         ctx.y_dtype, width, d = y.dtype, y.shape[-1], result.shape[-1]
+        ctx.width = width
         y = y.to(result.dtype)
         out = torch.empty(result.shape, dtype=result.dtype, device=result.device)
-        for start in range(0, d, width):  # ceil(d / width) slice adds
-            stop = min(start + width, d)
-            torch.add(result[..., start:stop], y[..., : stop - start], out=out[..., start:stop])
-        ctx.width = width
+        whole = d // width * width
+        tiles = (d // width, width)
+        torch.add(result[..., :whole].unflatten(-1, tiles), y.unsqueeze(-2), out=out[..., :whole].unflatten(-1, tiles))
+        if whole < d:
+            torch.add(result[..., whole:], y[..., : d - whole], out=out[..., whole:])
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         width, d = ctx.width, grad.shape[-1]
         tiles = math.ceil(d / width)
-        padded = F.pad(grad.to(ctx.y_dtype), (0, tiles * width - d))
+        padded = grad.to(ctx.y_dtype).contiguous()
+        if tiles * width > d:
+            padded = F.pad(padded, (0, tiles * width - d))
         return grad, padded.unflatten(-1, (tiles, width)).sum(-2)
 
 
@@ -157,20 +175,20 @@ class Compression(nn.Module, ABC):
         return _WrapPad.apply(x, self.wrap_index[:length])
 
     @abstractmethod
-    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+    def update(self, x: Tensor, M: Tensor) -> Tensor:
         """The adapter path f_decomp(M f_comp(x)) for ``x`` of shape (..., k); returns (..., d)."""
 
     def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
-        """``result + apply(x, M)`` in ``result``'s dtype — the layer output ``MoraLinear`` returns.
+        """``result + update(x, M)`` in ``result``'s dtype — the layer output ``MoraLinear`` returns.
 
         Variants whose f_decomp tiles a narrower output override this to add ``M``'s output into each
         tile of ``result`` directly (same numbers, no tiled intermediate).
         """
-        return result + self.apply(x, M).to(result.dtype)
+        return result + self.update(x, M).to(result.dtype)
 
     @abstractmethod
     def delta_weight(self, M: Tensor) -> Tensor:
-        """The same linear map as a (d, k) matrix, so that ``apply(x, M) == x @ delta_weight(M).T``."""
+        """The same linear map as a (d, k) matrix, so that ``update(x, M) == x @ delta_weight(M).T``."""
 
     def extra_repr(self) -> str:
         return f"{self.name}: k={self.in_features} → r̂={self.rank} → d={self.out_features}"
@@ -203,11 +221,12 @@ class SharedCompression(Compression):
         super().__init__(in_features, out_features, rank)
         k, d, r = in_features, out_features, rank
         padded = self.blocks * r
+        # Slot of each input position: the wrap-padded positions 0..n·r̂−1 (position p reads feature p mod k)
+        # when cyclic, else the k features themselves.
         if self.cyclic_input:
-            src, slot = self.wrap_index, torch.arange(padded) % r
+            slot = torch.arange(padded) % r
         else:
-            src, slot = torch.arange(k), torch.repeat_interleave(torch.arange(r), _runs(k, r))
-        self.register_buffer("in_src", src, persistent=False)
+            slot = torch.repeat_interleave(torch.arange(r), _runs(k, r))
         self.register_buffer("in_slot", slot, persistent=False)
         if self.tile_output:
             out_slot = torch.arange(d) % r
@@ -231,7 +250,7 @@ class SharedCompression(Compression):
             return _tile(y, d)
         return y.repeat_interleave(self.out_runs, dim=-1, output_size=d)
 
-    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+    def update(self, x: Tensor, M: Tensor) -> Tensor:
         return self.decompress(self.compress(x) @ M.T)
 
     def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
@@ -240,8 +259,9 @@ class SharedCompression(Compression):
         return super().add_to(result, x, M)
 
     def delta_weight(self, M: Tensor) -> Tensor:
-        # M @ C, where C (r̂ × k) has a 1 at (slot, src) for every input position: scatter M's columns.
-        mc = M.new_zeros(self.rank, self.in_features).index_add(1, self.in_src, M[:, self.in_slot])
+        # M @ C, where C (r̂ × k) has a 1 at (slot, feature) for every input position: M's column for
+        # each position, wrapped positions folded onto their features; then one row of M @ C per output.
+        mc = _fold(M[:, self.in_slot], self.in_features)
         return mc[self.out_slot]
 
 
@@ -286,7 +306,7 @@ class Truncation(Compression):
 
     name = "truncation"
 
-    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+    def update(self, x: Tensor, M: Tensor) -> Tensor:
         r, k, d = self.rank, self.in_features, self.out_features
         z = F.pad(x[..., :r], (0, max(r - k, 0)))
         y = z @ M.T
@@ -310,10 +330,6 @@ class BlockwiseCompression(Compression):
         super().__init__(in_features, out_features, rank)
         # Blocks whose outputs survive the truncation to d; the rest are never computed.
         self.used_blocks = min(self.blocks, math.ceil(out_features / rank))
-        # Row i of ΔW is row (o % r̂) of block (o // r̂)'s map, with o = i modulo the concatenated length.
-        out_pos = torch.arange(out_features) % (self.used_blocks * rank)
-        self.register_buffer("out_block", out_pos // rank, persistent=False)
-        self.register_buffer("out_row", out_pos % rank, persistent=False)
 
     def rotate(self, blocks: Tensor) -> Tensor:
         """Rotate blocks of shape (..., used_blocks, r̂); identity unless overridden."""
@@ -329,17 +345,23 @@ class BlockwiseCompression(Compression):
         used = self._wrap_pad(x, self.used_blocks * r).unflatten(-1, (self.used_blocks, r))
         return (self.rotate(used) @ M.T).flatten(-2)
 
-    def apply(self, x: Tensor, M: Tensor) -> Tensor:
+    def update(self, x: Tensor, M: Tensor) -> Tensor:
         return _tile(self.block_outputs(x, M), self.out_features)
 
     def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
         return _add_tiled(result, self.block_outputs(x, M))
 
     def delta_weight(self, M: Tensor) -> Tensor:
-        r = self.rank
-        rows = self.rotated_M(M)[self.out_block, self.out_row]  # (d, r̂): coefficients per block column
-        cols = self.wrap_index.view(self.blocks, r)[self.out_block]  # (d, r̂): the input feature of each
-        return M.new_zeros(self.out_features, self.in_features).scatter_add(1, cols, rows)
+        r, k, d, used = self.rank, self.in_features, self.out_features, self.used_blocks
+        width = used * r  # the used padded inputs, and the concatenated block outputs
+        # One period of ΔW's rows over the padded inputs: block-diagonal, block b = M · R_b.
+        period = M.new_zeros(width, width)
+        period.view(used, r, used, r).diagonal(dim1=0, dim2=2).copy_(self.rotated_M(M).permute(1, 2, 0))
+        # Rows past d are truncated away; padded columns fold onto the features they wrap to (zero
+        # columns for the inputs beyond the used blocks, k > width); rows repeat when d > width.
+        period = _fold(period[: min(d, width)], k)
+        reps = math.ceil(d / width)
+        return period.repeat(reps, 1)[:d] if reps > 1 else period
 
 
 @_register
@@ -388,11 +410,10 @@ class Rope(BlockwiseCompression):
 
     def rotated_M(self, M: Tensor) -> Tensor:
         # M R_b = M diag(cos_b) + M diag(sin_b) P, where right-multiplying by rotate_half's matrix P
-        # maps columns Y ↦ cat(Y[:, h:], −Y[:, :h]).
-        cos, sin = self.cos.to(M.dtype)[:, None, :], self.sin.to(M.dtype)[:, None, :]
-        y = M * sin
-        half = self.rank // 2
-        return M * cos + torch.cat([y[..., half:], -y[..., :half]], dim=-1)
+        # maps columns Y ↦ cat(Y[:, h:], −Y[:, :h]) = roll(Y ⊙ (−1…−1, 1…1), h): with sin_signed that
+        # is roll(M ⊙ sin_signed, h), exactly.
+        cos, sin_signed = self.cos.to(M.dtype)[:, None, :], self.sin_signed.to(M.dtype)[:, None, :]
+        return M * cos + (M * sin_signed).roll(self.rank // 2, dims=-1)
 
 
 def build_compression(name: str, in_features: int, out_features: int, rank: int) -> Compression:
