@@ -97,6 +97,10 @@ class TaskEvaluation(TrainerCallback):
         steps |= {max(1, round(f * max_steps)) for f in fractions}
         return steps
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if _zero_stage(self.trainer) == 3:  # the forward of a sharded model is a collective of every rank
+            raise NotImplementedError("task evaluation on rank 0 cannot run a ZeRO-3-sharded model; use launcher=zero2")
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step not in self.steps:
             return
@@ -123,7 +127,7 @@ class AdapterRestarts(TrainerCallback):
         self.trainer, self.every, self.cycle = trainer, every, cycle_compression
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.trainer.is_deepspeed_enabled and not hasattr(self.trainer.deepspeed.optimizer, "bit16_groups"):
+        if _zero_stage(self.trainer) == 3:
             raise NotImplementedError("ReLoRA/ReMoRA restarts run under DDP and ZeRO-1/2, not ZeRO-3; use launcher=zero2")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -136,6 +140,11 @@ class AdapterRestarts(TrainerCallback):
                 reset_zero_state(self.trainer.deepspeed.optimizer, params)
             else:
                 reset_optimizer_state(self.trainer.optimizer, params)
+
+
+def _zero_stage(trainer) -> int:
+    """The DeepSpeed ZeRO stage of a prepared trainer; 0 without DeepSpeed."""
+    return trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else 0
 
 
 def reset_zero_state(zero_optimizer, params: list[torch.nn.Parameter]) -> None:

@@ -92,9 +92,9 @@ class TrainConfig:
 
 @dataclass
 class LauncherConfig:
-    """Where the training processes run.  ``local``: in the driver's process.  ``ddp`` / ``zero2`` /
-    ``zero3``: spawned by ``runner`` (``auto``: accelerate with CUDA; on CPU torchrun for ddp and the
-    deepspeed launcher for ZeRO, because accelerate + DeepSpeed with ≥2 CPU processes miscounts ranks)."""
+    """Where the training processes run.  ``local``: in the driver's process.  ``ddp`` / ``zero2``:
+    spawned by ``runner`` (``auto``: accelerate on GPUs and CPU alike; the deepspeed launcher when
+    ``hostfile`` is set).  ``zero3`` trains but cannot evaluate yet (rank 0 cannot run a sharded model)."""
 
     name: str = "local"  # local | ddp | zero2 | zero3
     runner: str = "auto"  # auto | accelerate | deepspeed | torchrun

@@ -16,13 +16,15 @@ One sample is one training step of the layer in float32 on ``--tokens`` tokens: 
 a fixed dense upstream gradient ``G`` (``out.backward(G)``, i.e. loss = (out·G).sum()), which is what a
 layer inside a network receives and costs nothing extra; ``--loss sum`` / ``--loss sq`` use
 ``out.sum()`` / ``out.pow(2).mean()`` instead (``sum`` feeds a stride-0 gradient of ones, which makes
-PyTorch copy it before the matmuls; ``sq`` adds three elementwise passes over the output).  Gradients are
+PyTorch copy it before the matmuls; ``sq`` adds a few elementwise passes over the output).  Gradients are
 cleared (set to None) between samples, outside the timed region.
 
 Noise: the machine may be shared.  Methods are measured round-robin *within* each repeat (the starting
 method rotates every round), so a slow spell hits every method alike; times are medians over the
 ``--repeats`` rounds after ``--warmup`` rounds, and the ratios are medians of the per-round (paired)
-ratios.  The spread column of the verdicts is the inter-quartile range of those paired ratios.
+ratios.  The spread column of the verdicts is the inter-quartile range of those paired ratios.  A shape
+stops early (after at least ``--min-repeats`` rounds) when it exhausts its share of ``--max-seconds``, so
+a busy machine cannot stretch the run without bound; the header says how many rounds each shape got.
 
 FLOP floor (multiply-accumulates per token, forward + backward):
     base    2·k·d                 (forward + input gradient; the frozen weight gets no gradient)
@@ -31,6 +33,10 @@ FLOP floor (multiply-accumulates per token, forward + backward):
                                   min(ceil(k/r̂), ceil(d/r̂)); truncated blocks are skipped), r̂² for sharing
     floor(MoRA/LoRA) = (2kd + 3m) / (2kd + 3r(k+d))
 A method "meets its floor" when its measured MoRA/LoRA ratio is at most 3% above the floor ratio.
+
+The floor counts every multiply-accumulate alike.  A closing note measures what BLAS actually does with
+M's matmuls — (tokens·blocks, r̂) × (r̂, r̂) — against the base layer's matmul, because MKL's sgemm is
+markedly slower when the output width r̂ is not a multiple of 8 (r̂ = 348 and 1966 here).
 """
 
 from __future__ import annotations
@@ -313,6 +319,35 @@ def noise_note(results: list[ShapeTimes], records: list[dict], args, load_before
     return text
 
 
+def gemm_note(args: argparse.Namespace, shapes: list[tuple[int, int]]) -> str:
+    """Throughput of M's matmul per r̂ (as rope/sharing run it) relative to the base layer's matmul."""
+    def rate(rows: int, inner: int, cols: int) -> float:
+        a, b = torch.randn(rows, inner), torch.randn(cols, inner)
+        best, spent, tries = math.inf, 0.0, 0
+        while tries < 4 or (spent < 0.5 and tries < 100):  # best of ≥ 4 tries and ≥ 0.5 s
+            start = time.perf_counter()
+            a @ b.T
+            elapsed = time.perf_counter() - start
+            best, spent, tries = min(best, elapsed), spent + elapsed, tries + 1
+        return rows * inner * cols / best / 1e9
+
+    k0, d0 = shapes[0]
+    base = rate(args.tokens, k0, d0)
+    cases = {}
+    for k, d in shapes:
+        for r in args.ranks:
+            for name in MORA:
+                rank = square_rank(k, d, r, name)
+                blocks = min(math.ceil(k / rank), math.ceil(d / rank)) if name == "rope" else 1
+                cases.setdefault((rank, args.tokens * blocks), f"{name} r={r}")
+    parts = [f"r̂={rank} ({rows}×{rank}·{rank}×{rank}): {rate(rows, rank, rank) / base:.2f}"
+             for (rank, rows), _ in sorted(cases.items())]
+    return (f"GEMM throughput of M's matmul relative to the base matmul ({args.tokens}×{k0}·{k0}×{d0}, "
+            f"{base:.0f} GMAC/s; best of ≥ 4 tries each): " + "; ".join(parts) + ".  The FLOP floor assumes 1.00 — "
+            "values well below it (r̂ not a multiple of 8) push a MoRA ratio above its floor without any "
+            "overhead in the adapter code.")
+
+
 def merge_table(rows: list[dict]) -> tuple[list[str], list[str]]:
     lines = ["| layer (k→d) | r | compression | r̂ | delta_weight() s | merge() s |", "|---|---|---|---|---|---|"]
     slow = []
@@ -358,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, d in shapes:
         print(f"timing {k}→{d} …", file=sys.stderr, flush=True)
         results.append(time_shape(k, d, args, budget_s=args.max_seconds * k * d / total_kd))
+    note = gemm_note(args, shapes)
     merges = []
     if not args.no_merge:
         print("timing delta_weight / merge …", file=sys.stderr, flush=True)
@@ -369,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     report = ["# Adapter speed: one LLaMA-2-7B layer, forward+backward", ""]
     report += machine_header(args, started, load_before, load_after, elapsed, results) + [""]
     report += speed + ["", f"Verdicts (MoRA/LoRA within {TOLERANCE:.0%} of its FLOP floor):", ""] + verdicts
-    report += ["", noise_note(results, records, args, load_before, load_after)]
+    report += ["", noise_note(results, records, args, load_before, load_after), "", note]
     if merges:
         m_lines, m_verdicts = merge_table(merges)
         report += ["", "## Building ΔW and merging one layer (float32, median of "

@@ -2,10 +2,11 @@
 same loss curve, and the launch commands for GPUs and several machines are what accelerate / torchrun / the
 deepspeed launcher expect.
 
-The slow tests run ``mora-run`` end to end in subprocesses (each ≈15-30 s on 2 cores; the first ZeRO run also
-JIT-builds DeepSpeed's shm comm op, ≈50 s, cached in ``TORCH_EXTENSIONS_DIR``).  The recipe — global batch 8,
-micro batch 4 — runs as 2 accumulation steps in 1 process and as 1 step on each of 2 processes, and 16 pairs
-make every step's half-batches differ, so a wrong data split or a wrong accumulation changes the curve.
+The slow tests run ``mora-run`` end to end in subprocesses: 6 runs of ≈10-30 s on 2 cores, ≈1m45 in all; the
+first ZeRO run also JIT-builds DeepSpeed's shm comm op once (≈60-80 s, cached in ``TORCH_EXTENSIONS_DIR``).  The
+recipe — global batch 8, micro batch 4 — runs as 2 accumulation steps in 1 process and as 1 step on each of 2
+processes, and 16 pairs make every step's half-batches differ, so a wrong data split or a wrong accumulation
+changes the curve.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from mora.adapters import COMPRESSIONS, MoraConfig, get_mora_model
 from mora.config import ConfigError, validate
-from mora.run import CONF_DIR, launch_command
+from mora.run import CONF_DIR, launch, launch_command
 
 MORA_RUN = Path(sys.executable).with_name("mora-run")
 STEPS = 6
@@ -31,9 +33,10 @@ RECIPE = [
 ]
 #: Measured here: DDP reproduces the 1-process curve bit for bit (2 ranks ↔ 2 accumulation micro-steps: the
 #: cross-rank gradient sum is one float32 addition, and addition commutes); ZeRO-2 too for the loss, while its
-#: grad norm, summed from per-partition norms in another order, differs by ≤1 ulp (≈6e-8).  A wrong recipe is
-#: far off: no derived accumulation (global batch 16) moves the step-1 loss by 8e-4 and later ones by up to 1e-2.
-#: rtol 1e-5 leaves 100× room for float32 reduction-order noise and still catches those.
+#: grad norm, summed from per-partition norms in another order, differs by 1-2 ulp (≤8e-8 relative).  Bugs are
+#: far off: no derived accumulation (global batch 16) moves the step-1 loss by 8e-4 and later ones by up to 1e-2;
+#: ReMoRA restarts that miss ZeRO's fp32 master copy move the step-4 loss by 3e-3.  rtol 1e-5 leaves 100× room
+#: for float32 reduction-order noise and still catches those.
 RTOL = 1e-5
 
 
@@ -184,6 +187,16 @@ def test_deepspeed_command_on_this_machine():
 def test_deepspeed_runner_on_several_machines_needs_a_hostfile():
     with pytest.raises(ConfigError, match="hostfile"):
         launch_command(launcher_cfg(name="zero2", runner="deepspeed", **MULTI_NODE), CONFIG)
+
+
+def test_force_on_several_machines_is_refused(tmp_path, capsys):
+    """Every machine runs the same mora-run line: with force=true each would wipe the run directory."""
+    raw = OmegaConf.create({"task": {"name": "uuid"}, "launcher": {"name": "zero2", **MULTI_NODE}, "force": True,
+                            "runs_dir": str(tmp_path)})
+    with pytest.raises(SystemExit) as exit_:
+        launch(raw, [])
+    assert exit_.value.code == 2 and "force=true on several machines" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
