@@ -127,7 +127,7 @@ def build(model: nn.Module, cfg: MethodConfig, lr: float, weight_decay: float = 
     if cfg.name == "fft":
         model.requires_grad_(True)
         return Trainable(model, _param_groups(model, lr, weight_decay))
-    modules_to_save = _check_targets(model, cfg)
+    modules_to_save = check_targets(model, cfg)
     if cfg.name == "mora":
         config = MoraConfig(
             r=cfg.r, compression=cfg.compression, target_modules=list(cfg.target_modules),
@@ -147,7 +147,7 @@ def build(model: nn.Module, cfg: MethodConfig, lr: float, weight_decay: float = 
     return Trainable(model, _param_groups(model, lr, weight_decay))
 
 
-def _check_targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
+def check_targets(model: nn.Module, cfg: MethodConfig) -> list[str]:
     """Check the patterns before any injection, with one message for all methods; return the full paths
     of ``modules_to_save``.
 

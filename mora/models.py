@@ -54,7 +54,7 @@ def load_tokenizer(cfg: ModelConfig):
     if cfg.tokenizer == "char":
         tokenizer = AutoTokenizer.from_pretrained(CHAR_TOKENIZER_DIR)
     else:
-        location, local = _locate(cfg.tokenizer, "model.tokenizer", cfg)
+        location, local = locate(cfg.tokenizer, "model.tokenizer", cfg)
         kwargs: dict[str, Any] = {}
         if cfg.source == "gguf" and cfg.gguf_file and _holds_gguf_only(location, local, cfg.gguf_file, cfg.tokenizer == cfg.path):
             _require_gguf()
@@ -74,7 +74,7 @@ def load_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         raise ConfigError(f"model.dtype={cfg.dtype!r} is not one of {list(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
     if cfg.source == "random":
-        model = _random_llama(cfg, tokenizer, dtype)
+        model = random_llama(cfg, tokenizer, dtype)
     elif cfg.source in ("pretrained", "gguf"):
         if not cfg.path:
             raise ConfigError(f"model.source={cfg.source} needs model.path (a local directory or a hub id)")
@@ -120,7 +120,7 @@ def hub_offline() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- sources
-def _random_llama(cfg: ModelConfig, tokenizer, dtype: torch.dtype) -> PreTrainedModel:
+def random_llama(cfg: ModelConfig, tokenizer, dtype: torch.dtype) -> PreTrainedModel:
     kv_heads = cfg.num_kv_heads or cfg.num_heads
     if cfg.hidden_size % cfg.num_heads or cfg.num_heads % kv_heads:
         raise ConfigError(
@@ -146,7 +146,7 @@ def _random_llama(cfg: ModelConfig, tokenizer, dtype: torch.dtype) -> PreTrained
 
 
 def _pretrained(cfg: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
-    location, local = _locate(cfg.path, "model.path", cfg)
+    location, local = locate(cfg.path, "model.path", cfg)
     return _from_pretrained(AutoModelForCausalLM.from_pretrained, location, local, "model.path", cfg, dtype=dtype)
 
 
@@ -156,7 +156,7 @@ def _gguf(cfg: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
     _require_gguf()
     if not cfg.gguf_file:
         raise ConfigError("model.source=gguf needs model.gguf_file (the .gguf file name inside model.path)")
-    location, local = _locate(cfg.path, "model.path", cfg)
+    location, local = locate(cfg.path, "model.path", cfg)
     if local and not (Path(location) / cfg.gguf_file).is_file():
         raise ConfigError(f"model.gguf_file={cfg.gguf_file!r} is not in {location}")
     loaded = _from_pretrained(
@@ -172,7 +172,7 @@ def _gguf(cfg: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
 
 
 # ---------------------------------------------------------------------------------------------- where from
-def _locate(ref: str, what: str, cfg: ModelConfig) -> tuple[str, bool]:
+def locate(ref: str, what: str, cfg: ModelConfig) -> tuple[str, bool]:
     """``(location, is_local)``: an existing directory, an installed package's directory (gguf only),
     or else a hub id.  A path-looking reference that does not exist fails here, not at the hub."""
     path = Path(ref).expanduser()
@@ -213,7 +213,7 @@ def _from_pretrained(loader: Callable, location: str, local: bool, what: str, cf
     try:
         if reason is None:
             return loader(location, **kwargs)
-        with _offline_mode():  # the local HF cache may still hold it: look there, and only there
+        with offline_mode():  # the local HF cache may still hold it: look there, and only there
             return loader(location, local_files_only=True, **kwargs)
     except OSError as error:  # transformers and huggingface_hub raise OSError subclasses for all of these
         settings = "model.path" if what == "model.path" or location == cfg.path else what
@@ -231,7 +231,7 @@ def _from_pretrained(loader: Callable, location: str, local: bool, what: str, cf
 
 
 @contextlib.contextmanager
-def _offline_mode():
+def offline_mode():
     """huggingface_hub's offline switch, on for the duration.  ``local_files_only=True`` alone is not
     enough: transformers 5.23 still probes the hub for ``adapter_config.json`` (and retries for ~45 s)."""
     from huggingface_hub import constants

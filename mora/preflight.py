@@ -8,19 +8,15 @@ exits with 2 instead of failing minutes later inside a launched process.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .models import hub_offline
 
 #: files whose presence in the local HF cache means a hub id can be loaded offline
 _CACHE_PROBES = ("config.json", "tokenizer_config.json", "tokenizer.json")
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _cached(repo_id: str) -> bool:
@@ -48,7 +44,7 @@ def check_hub_id(repo_id: str, what: str, fix: str) -> None:
 
 
 def _looks_like_path(ref: str) -> bool:
-    """The rule of mora.models._locate: these are local paths, never hub ids."""
+    """The rule of mora.models.locate: these are local paths, never hub ids."""
     return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1
 
 
@@ -91,14 +87,14 @@ def _skeleton(model: DictConfig):
 
     if model.source == "random":
         with torch.device("meta"):
-            return models._random_llama(OmegaConf.to_object(model), _Vocab(), torch.float32)
+            return models.random_llama(OmegaConf.to_object(model), _Vocab(), torch.float32)
     if model.source != "pretrained":
         return None
     try:
         if Path(model.path).expanduser().is_dir():
             config = AutoConfig.from_pretrained(Path(model.path).expanduser())
         else:
-            with models._offline_mode() if hub_offline() else contextlib.nullcontext():
+            with models.offline_mode() if hub_offline() else contextlib.nullcontext():
                 config = AutoConfig.from_pretrained(model.path, local_files_only=hub_offline())
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
@@ -115,7 +111,7 @@ def check_method(cfg: DictConfig) -> None:
     if method.name == "fft" or (skeleton := _skeleton(cfg.model)) is None:
         return
     try:
-        methods._check_targets(skeleton, method)
+        methods.check_targets(skeleton, method)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
