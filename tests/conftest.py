@@ -19,6 +19,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from peft.tuners.lora import LoraLayer  # noqa: E402
+
 from mora.adapters import MoraLinear  # noqa: E402
 
 # One thread: every tensor here is tiny, and on a shared 2-core machine a second (spinning) thread makes
@@ -58,18 +60,19 @@ def build_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float64, **overri
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
-def randomize_mora(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
-    """Fill every MoRA ``M`` under ``module`` (or ``module`` itself) with seeded Gaussian values.
+def randomize_adapters(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """Fill every MoRA ``M`` and every peft LoRA ``B`` under ``module`` (or ``module`` itself) with seeded
+    Gaussian values.
 
-    MoRA is zero-initialised, so any test of merge/unmerge arithmetic must first make ΔW non-zero.
+    Adapters are zero-initialised, so any test of merge/unmerge arithmetic must first make ΔW non-zero.
     """
     generator = torch.Generator().manual_seed(seed)
-    layers = [m for m in module.modules() if isinstance(m, MoraLinear)]
-    assert layers, "randomize_mora found no MoraLinear"
+    targets = [m.M if isinstance(m, MoraLinear) else m.lora_B["default"].weight
+               for m in module.modules() if isinstance(m, (MoraLinear, LoraLayer))]
+    assert targets, "randomize_adapters found no MoraLinear or LoRA layer"
     with torch.no_grad():
-        for layer in layers:
-            values = torch.randn(layer.M.shape, generator=generator, dtype=torch.float64) * scale
-            layer.M.copy_(values.to(layer.M.dtype))
+        for target in targets:
+            target.copy_((torch.randn(target.shape, generator=generator, dtype=torch.float64) * scale).to(target.dtype))
     return module
 
 
@@ -93,5 +96,5 @@ def input_ids() -> torch.Tensor:
 
 @pytest.fixture
 def randomize():
-    """The :func:`randomize_mora` helper, as a fixture: ``randomize(model_or_layer, seed=0, scale=0.05)``."""
-    return randomize_mora
+    """The :func:`randomize_adapters` helper, as a fixture: ``randomize(model_or_layer, seed=0, scale=0.05)``."""
+    return randomize_adapters

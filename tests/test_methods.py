@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from peft.tuners.lora import LoraLayer
 
+from conftest import randomize_adapters
 from mora.adapters import MoraLinear
 from mora.methods import (
     METHODS,
@@ -46,16 +47,6 @@ def trainable_names(model) -> set[str]:
 def logits(model, input_ids) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=input_ids).logits
-
-
-def randomize_adapters(model, seed: int = 0, scale: float = 0.1) -> None:
-    """Make every adapter's update non-zero (all are zero-initialised): random M, random LoRA B."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            target = module.M if isinstance(module, MoraLinear) else module.lora_B["default"].weight if isinstance(module, LoraLayer) else None
-            if target is not None:
-                target.copy_(torch.randn(target.shape, generator=generator, dtype=torch.float64) * scale)
 
 
 # ------------------------------------------------------------------------------------------ what trains
@@ -133,7 +124,7 @@ def test_lora_plus_trains_b_lambda_times_faster(make_llama, ratio):
 
 def test_lora_update_has_rank_at_most_r(make_llama):
     model, _ = built(make_llama, "lora", r=4)
-    randomize_adapters(model)
+    randomize_adapters(model, scale=0.1)
     for layer in (m for m in model.modules() if isinstance(m, LoraLayer)):
         assert torch.linalg.matrix_rank(layer.get_delta_weight("default")) == 4
 
@@ -154,7 +145,7 @@ def test_parameter_report(make_llama):
 @pytest.mark.parametrize("name", ["lora", "dora", "asylora", "mora"])
 def test_merge_for_eval_gives_a_plain_model_with_the_same_outputs(make_llama, input_ids, name):
     model, _ = built(make_llama, name)
-    randomize_adapters(model)
+    randomize_adapters(model, scale=0.1)
     model.eval()
     expected = logits(model, input_ids)
     merged = merge_for_eval(model)

@@ -9,6 +9,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from conftest import randomize_adapters
 from mora.adapters import MoraLinear
 from mora.methods import MethodConfig, build
 from mora.restarts import REMORA_CYCLE, reset_optimizer_state, restart_adapters, restart_lr_multiplier
@@ -29,16 +30,6 @@ def lora_layers(model) -> list[LoraLayer]:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-def randomize(model, seed: int = 0, scale: float = 0.02) -> None:
-    """A non-zero update at the scale of the model's own init (std 0.02): random M for MoRA, random B for LoRA."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            target = m.M if isinstance(m, MoraLinear) else m.lora_B["default"].weight if isinstance(m, LoraLayer) else None
-            if target is not None:
-                target.copy_(torch.randn(target.shape, generator=generator, dtype=torch.float64) * scale)
-
-
 # ------------------------------------------------------------------------------------------ ReMoRA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_remora_restart_keeps_outputs_and_zeroes_m(make_llama, input_ids, dtype):
@@ -46,7 +37,7 @@ def test_remora_restart_keeps_outputs_and_zeroes_m(make_llama, input_ids, dtype)
     model.eval()
     layers = list(model.mora_layers().values())
     for restart in range(len(REMORA_CYCLE) + 1):  # once round the cycle and back to the start
-        randomize(model, seed=restart)
+        randomize_adapters(model, seed=restart, scale=0.02)
         expected = logits(model, input_ids)
         params = restart_adapters(model, cycle_compression=True)
         torch.testing.assert_close(logits(model, input_ids), expected, rtol=0, atol=TOLERANCE[dtype])
@@ -76,7 +67,7 @@ def test_mora_restart_without_cycling_keeps_the_compression(make_llama):
 def test_relora_restart_keeps_outputs_and_restarts_the_adapter(make_llama, input_ids, dtype):
     model, _ = built(make_llama, dtype, name="lora", restart_every=100, modules_to_save=["lm_head"])
     model.eval()
-    randomize(model)
+    randomize_adapters(model, scale=0.02)
     layers = lora_layers(model)
     A = [m.lora_A["default"].weight for m in layers]
     B = [m.lora_B["default"].weight for m in layers]
