@@ -41,6 +41,8 @@ GROUPS = ("model", "method", "task", "launcher", "logger", "experiment")
 
 #: overrides that are already spelled out by the core of the name, or that do not change the recipe
 _NAMED = {"task", "method", "method.name", "method.r", "method.compression", "optim.lr", "train.seed"}
+#: characters of override values that make awkward directory names: "/" and "," become "_", the rest go
+_UNSAFE = str.maketrans({"/": "_", ",": "_", "[": None, "]": None, "'": None, '"': None, " ": None})
 _NOT_RECIPE = ("launcher", "logger", "force", "name", "runs_dir", "experiment", "hydra")
 
 
@@ -77,7 +79,7 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
         key, _, value = override.lstrip("+~").partition("=")
         if key in _NAMED or key.startswith(_NOT_RECIPE):
             continue
-        parts.append(f"{key.rsplit('.', 1)[-1]}={value}".replace("/", "_").replace(",", "_"))
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}".translate(_UNSAFE))
     return "-".join(parts)
 
 

@@ -12,7 +12,8 @@ distributed launch trains exactly the same recipe.  You normally never call it y
 Built on Hugging Face ``Trainer`` (DeepSpeed, gradient accumulation, resume with RNG state and data
 position, W&B, progress bar).  What is ours: the per-method optimizer groups and a schedule that knows
 the ReLoRA restarts (:class:`MoraTrainer`), checkpoints holding only what trains, a NaN/inf stop, the
-callbacks in :mod:`mora.callbacks`, and ``result.json``.
+callbacks in :mod:`mora.callbacks`, ``result.json`` and ``final/`` (the trained adapter, or for FFT the
+model, with its tokenizer: ``MoraModel.from_pretrained(base, "runs/<name>/final")``).
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     if not trainer.is_world_process_zero():
         return {}
+    # The trained adapter (MoRA: MoraModel.from_pretrained; LoRA family: peft) or, for FFT, the whole model.
+    trainable.model.save_pretrained(run_dir / "final")
+    tokenizer.save_pretrained(run_dir / "final")
     records = read_metrics_jsonl(run_dir / "metrics.jsonl")
     curves = curves_from_metrics(records)
     losses = [r["loss"] for r in records if "loss" in r]

@@ -270,7 +270,8 @@ def speed_table(results: list[ShapeTimes], ranks: list[int]) -> tuple[list[str],
         k, d = st.k, st.d
         for r in ranks:
             lora = f"lora{r}"
-            cells = [f"{k}→{d} ({SHAPE_NAMES.get((k, d), '')})", str(r),
+            label = f"{k}→{d}" + (f" ({SHAPE_NAMES[(k, d)]})" if (k, d) in SHAPE_NAMES else "")
+            cells = [label, str(r),
                      f"{square_rank(k, d, r, 'rope')} / {square_rank(k, d, r, 'sharing')}", fmt_ms(st.median("base"))]
             for m, method in [(lora, "lora")] + [(f"{n}{r}", n) for n in MORA]:
                 cells.append(f"{fmt_ms(st.median(m))} ({st.ratio(m, 'base'):.3f}×; {floor_to_base(method, k, d, r):.3f}×)")
