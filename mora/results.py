@@ -65,14 +65,15 @@ def write_result(
 
 
 def load_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
-    """Load result files: each path is a ``result.json``, a run directory, or a directory searched
-    recursively for run directories.  Sorted by run name; a path that does not exist is an error."""
+    """Load result files: each path is a result file, a run directory, or a directory searched
+    recursively for run directories (``*/result.json``) and holding collected results (``<name>.json``,
+    as ``mora.reproduce`` commits them).  Sorted by run name; a path that does not exist is an error."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files: set[Path] = set()
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"no such result file or run directory: {path}")
-        files |= {path} if path.is_file() else set(path.rglob(RESULT_FILE))
+        files |= {path} if path.is_file() else set(path.rglob(RESULT_FILE)) | set(path.glob("*.json"))
     return sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["name"])
 
 
@@ -390,9 +391,15 @@ def table1_notes(groups: list[tuple[Run, list[Run]]]) -> list[str]:
 
 
 def _model_description(run: Run) -> str:
-    total = run.result.get("params", {}).get("total")
+    """The base model and its size: all parameters for full fine-tuning, the frozen ones for adapters
+    (so runs of different methods on the same model describe it alike)."""
+    params = run.result.get("params", {})
+    total, trainable = params.get("total"), params.get("trainable")
     name = run.result["config"]["model"]["name"]
-    return f"{name} ({total:,} parameters)" if isinstance(total, int) else name
+    if not isinstance(total, int):
+        return name
+    base = total if run.result["config"]["method"]["name"] == "fft" or not isinstance(trainable, int) else total - trainable
+    return f"{name} ({base:,} parameters)"
 
 
 def _reached(step: int | None, run: Run) -> str:
