@@ -1,24 +1,12 @@
-"""The paper's tasks, one module each.  ``TASKS`` maps a task name to its class."""
+"""The paper's tasks, one package each.  ``TASKS`` maps a task name to its class; a new task adds its
+class to the tuple below (its config dataclass's ``name`` default is the name users type: ``task=uuid``)."""
 
 from __future__ import annotations
 
 from .base import Task, TaskConfig
+from .uuid import UUIDTask
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def _register_all() -> None:
-    from .uuid import UUIDTask
-
-    for task in (UUIDTask,):
-        TASKS[task.config_class.name] = task
-
-
-try:
-    _register_all()
-except ImportError:  # during bootstrapping, before every task module exists
-    pass
-
+TASKS: dict[str, type[Task]] = {task.config_class.name: task for task in (UUIDTask,)}
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {name: task.config_class for name, task in TASKS.items()}
 
 __all__ = ["TASKS", "TASK_CONFIGS", "Task", "TaskConfig"]

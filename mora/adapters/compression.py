@@ -391,18 +391,11 @@ class Rope(BlockwiseCompression):
         angles = torch.outer(torch.arange(self.used_blocks, dtype=torch.float64), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)  # (used_blocks, r̂)
         self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
         # rotate_half(z) = cat(−z[h:], z[:h]) = roll(z, h) ⊙ (−1…−1, 1…1), so rotate_half(z) ⊙ sin equals
         # roll(z, h) ⊙ sin_signed exactly (negation is exact): one roll instead of slices, neg and cat.
         half = rank // 2
         sin = angles.sin()
         self.register_buffer("sin_signed", torch.cat([-sin[:, :half], sin[:, half:]], dim=-1), persistent=False)
-
-    @staticmethod
-    def _rotate_half(z: Tensor) -> Tensor:
-        """The textbook form; ``rotate`` computes ``rotate_half(z) ⊙ sin`` as ``roll(z, h) ⊙ sin_signed``."""
-        half = z.shape[-1] // 2
-        return torch.cat([-z[..., half:], z[..., :half]], dim=-1)
 
     def rotate(self, blocks: Tensor) -> Tensor:
         cos, sin_signed = self.cos.to(blocks.dtype), self.sin_signed.to(blocks.dtype)
