@@ -321,32 +321,36 @@ def noise_note(results: list[ShapeTimes], records: list[dict], args, load_before
 
 
 def gemm_note(args: argparse.Namespace, shapes: list[tuple[int, int]]) -> str:
-    """Throughput of M's matmul per r̂ (as rope/sharing run it) relative to the base layer's matmul."""
-    def rate(rows: int, inner: int, cols: int) -> float:
-        a, b = torch.randn(rows, inner), torch.randn(cols, inner)
-        best, spent, tries = math.inf, 0.0, 0
-        while tries < 4 or (spent < 0.5 and tries < 100):  # best of ≥ 4 tries and ≥ 0.5 s
-            start = time.perf_counter()
-            a @ b.T
-            elapsed = time.perf_counter() - start
-            best, spent, tries = min(best, elapsed), spent + elapsed, tries + 1
-        return rows * inner * cols / best / 1e9
+    """Throughput of M's matmul per r̂ (as rope/sharing run it) relative to the base layer's matmul.
 
+    Interleaved like the speed table: every round times each matmul once (small ones repeated to a
+    comparable amount of work), and each keeps its best round.
+    """
     k0, d0 = shapes[0]
-    base = rate(args.tokens, k0, d0)
-    cases = {}
+    cases = {(args.tokens, k0, d0): "base"}
     for k, d in shapes:
         for r in args.ranks:
             for name in MORA:
                 rank = square_rank(k, d, r, name)
                 blocks = min(math.ceil(k / rank), math.ceil(d / rank)) if name == "rope" else 1
-                cases.setdefault((rank, args.tokens * blocks), f"{name} r={r}")
-    parts = [f"r̂={rank} ({rows}×{rank}·{rank}×{rank}): {rate(rows, rank, rank) / base:.2f}"
-             for (rank, rows), _ in sorted(cases.items())]
-    return (f"GEMM throughput of M's matmul relative to the base matmul ({args.tokens}×{k0}·{k0}×{d0}, "
-            f"{base:.0f} GMAC/s; best of ≥ 4 tries each): " + "; ".join(parts) + ".  The FLOP floor assumes 1.00 — "
-            "values well below it (r̂ not a multiple of 8) push a MoRA ratio above its floor without any "
-            "overhead in the adapter code.")
+                cases.setdefault((args.tokens * blocks, rank, rank), f"{name} r={r}")
+    base_macs = args.tokens * k0 * d0
+    operands = {c: (torch.randn(c[0], c[1]), torch.randn(c[2], c[1])) for c in cases}
+    repeats = {c: max(1, min(64, round(base_macs / (c[0] * c[1] * c[2])))) for c in cases}
+    best = {c: math.inf for c in cases}
+    for _ in range(6):
+        for c, (a, b) in operands.items():
+            start = time.perf_counter()
+            for _ in range(repeats[c]):
+                a @ b.T
+            best[c] = min(best[c], (time.perf_counter() - start) / repeats[c])
+    rate = {c: c[0] * c[1] * c[2] / best[c] / 1e9 for c in cases}
+    base = rate[(args.tokens, k0, d0)]
+    parts = [f"{label}: r̂={c[1]}, {c[0]} rows → {rate[c] / base:.2f}" for c, label in cases.items() if label != "base"]
+    return (f"GEMM throughput of M's matmul (rows × r̂ · r̂ × r̂) relative to the base matmul "
+            f"({args.tokens}×{k0}·{k0}×{d0}, {base:.0f} GMAC/s; best of 6 interleaved rounds): " + "; ".join(parts)
+            + ".  The FLOP floor assumes 1.00; a large matmul well below it (r̂ not a multiple of 8) pushes a "
+            "MoRA ratio above its floor without any overhead in the adapter code.")
 
 
 def merge_table(rows: list[dict]) -> tuple[list[str], list[str]]:
