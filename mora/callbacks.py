@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .restarts import reset_optimizer_state, restart_adapters
+from .restarts import reset_optimizer_state, reset_zero_state, restart_adapters
 
 
 def _eta(seconds: float) -> str:
@@ -145,24 +145,6 @@ class AdapterRestarts(TrainerCallback):
 def _zero_stage(trainer) -> int:
     """The DeepSpeed ZeRO stage of a prepared trainer; 0 without DeepSpeed."""
     return trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else 0
-
-
-def reset_zero_state(zero_optimizer, params: list[torch.nn.Parameter]) -> None:
-    """:func:`~mora.restarts.reset_optimizer_state` for DeepSpeed ZeRO-1/2, which keeps an fp32 master copy of
-    the trainable parameters and AdamW state per flattened parameter group: copy the restarted values into the
-    master (or the next step writes the old adapter back) and drop the state of the groups they make up.  A
-    group is all restarted or not at all (the adapters' groups), so AdamW restarts it as a new parameter."""
-    from deepspeed.utils import safe_set_full_fp32_param
-
-    restarted = {id(p) for p in params}
-    for p in params:
-        safe_set_full_fp32_param(p, p.detach())
-    for group, master in zip(zero_optimizer.bit16_groups, zero_optimizer.single_partition_of_fp32_groups):
-        hit = [id(p) in restarted for p in group]
-        if all(hit):
-            zero_optimizer.optimizer.state.pop(master, None)
-        elif any(hit):
-            raise NotImplementedError("a ZeRO parameter group mixes restarted adapters with other trainable parameters")
 
 
 def non_finite_loss(loss: float, step: int, checkpoint: str | None) -> NonFiniteLoss:
