@@ -105,12 +105,9 @@ class TaskEvaluation(TrainerCallback):
         if state.global_step not in self.steps:
             return
         should_log = control.should_log  # Trainer.log() clears it, which would drop this step's loss log
-        if state.is_world_process_zero:
-            was_training = model.training
-            model.eval()
+        if state.is_world_process_zero:  # run_lm_eval switches to eval mode and restores modes and RNGs
             started = time.perf_counter()
             self.last_metrics = self.task.evaluate(model)
-            model.train(was_training)
             seconds = time.perf_counter() - started
             self.trainer.log({**{f"eval/{k}": v for k, v in self.last_metrics.items()}, "eval_s": seconds})
         self.trainer.accelerator.wait_for_everyone()
