@@ -40,4 +40,4 @@ reproduce-table1: $(STAMP)
 	$(PY) -m mora.reproduce table1 --jobs 2
 
 tables: $(STAMP)
-	$(PY) -m mora.results render all
+	$(PY) -m mora.tables render all

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     options = dict(o.split("=", 1) for o in args.options)
     scale, sweep = options.get("scale", "pocket"), options.get("sweep")
 
-    from .results import render
+    from .tables import render_all
 
     points = grid_overrides(args.table, scale, sweep)
     run_dirs = []
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     collected.mkdir(parents=True)
     for run_dir in run_dirs:
         shutil.copy(run_dir / "result.json", collected / f"{run_dir.name}.json")
-    render(args.table, collected, REPO_ROOT / "results")
+    render_all(REPO_ROOT / "results" / "runs", REPO_ROOT / "results")  # every table and the index
 
 
 if __name__ == "__main__":
