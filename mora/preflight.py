@@ -103,15 +103,19 @@ def _skeleton(model: DictConfig):
 
 
 def check_method(cfg: DictConfig) -> None:
-    """``method.target_modules`` / ``modules_to_save`` must match modules of the model — found on a
-    meta-device skeleton, so the mistake is one line now rather than a traceback inside training."""
+    """``method.target_modules`` / ``modules_to_save`` must match modules of the model, and a
+    ``method.budget_r`` must be reachable — found on a meta-device skeleton, so the mistake is one line now
+    rather than a traceback inside training."""
     from . import methods
+    from .budget import match_budget
 
     method = OmegaConf.to_object(cfg.method)
     if method.name == "fft" or (skeleton := _skeleton(cfg.model)) is None:
         return
     try:
         methods.check_targets(skeleton, method)
+        if method.budget_r:
+            match_budget(skeleton, method)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -35,8 +35,9 @@ def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]
     points = []
     for run in grid.runs:
         settings = {k: v[scale] if isinstance(v, DictConfig) else v for k, v in (run.get("set") or {}).items()}
-        method = [f"method={run.method}"] + [f"method.{k}={v}" for k, v in settings.items()]
-        if run.method != "fft":
+        # a dotted key (peft_kwargs.block_size) is an entry of a free-form dict, which Hydra adds with ++
+        method = [f"method={run.method}"] + [f"{'++' if '.' in k else ''}method.{k}={v}" for k, v in settings.items()]
+        if run.get("r") is not None:  # fft has no rank; peft types are sized by set: budget_r or peft_kwargs.*
             method.append(f"method.r={run.r[scale]}")
         lrs = run.lr_grid[scale] if sweep == "lr" else [run.lr[scale]]
         points += [[*common, *method, f"optim.lr={lr}"] for lr in lrs]

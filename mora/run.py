@@ -40,7 +40,8 @@ CONF_DIR = REPO_ROOT / "conf"
 GROUPS = ("model", "method", "task", "launcher", "logger", "experiment")
 
 #: overrides that are already spelled out by the core of the name, or that do not change the recipe
-_NAMED = {"task", "method", "method.name", "method.r", "method.compression", "optim.lr", "train.seed"}
+_NAMED = {"task", "method", "method.name", "method.r", "method.compression", "method.peft_type", "method.budget_r",
+          "optim.lr", "train.seed"}
 #: characters of override values that make awkward directory names: "/" and "," become "_", the rest go
 _UNSAFE = str.maketrans({"/": "_", ",": "_", "[": None, "]": None, "'": None, '"': None, " ": None})
 _NOT_RECIPE = ("launcher", "logger", "force", "name", "runs_dir", "experiment", "hydra")
@@ -70,10 +71,10 @@ def short_float(x: float) -> str:
 
 
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
-    """``<task>-<method label>-r<r>-lr<lr>-s<seed>`` plus every other recipe override as ``key=value``."""
-    parts = [cfg.task.name, OmegaConf.to_object(cfg.method).label]
-    if cfg.method.name != "fft":
-        parts.append(f"r{cfg.method.r}")
+    """``<task>-<method label>-<size>-lr<lr>-s<seed>`` plus every other recipe override as ``key=value``;
+    the size is ``r<r>``, ``b<budget_r>`` with a budget, absent for fft and peft types (``MethodConfig.size``)."""
+    method = OmegaConf.to_object(cfg.method)
+    parts = [cfg.task.name, method.label, *([method.size] if method.size else [])]
     parts += [f"lr{short_float(cfg.optim.lr)}", f"s{cfg.train.seed}"]
     for override in sorted(overrides):
         key, _, value = override.lstrip("+~").partition("=")
