@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 from .models import hub_offline
+from .paths import build_hint
 
 #: files whose presence in the local HF cache means a hub id can be loaded offline
 _CACHE_PROBES = ("config.json", "tokenizer_config.json", "tokenizer.json")
@@ -63,6 +64,8 @@ def check_model(model: DictConfig) -> None:
     for what, ref in refs:
         if Path(ref).expanduser().exists():
             continue
+        if hint := build_hint(ref):
+            raise ConfigError(f"{what}={ref!r} is not built yet; build it with `{hint}`")
         if _looks_like_path(ref):
             raise ConfigError(f"{what}={ref!r} does not exist; point {what} at a local directory or a hub id")
         check_hub_id(ref, what, fix)

@@ -10,6 +10,7 @@ Every run leaves ``runs/<name>/result.json`` (written by the trainer through :fu
                  "tokens_per_s": [...], "eval": [[300, {"char_acc": 0.5, "exact_match": 0.1}], ...]},
      "timing":  {"wall_s": 0.0, "tokens_per_s": 0.0, "peak_mem_mb": 0.0, ...},
      "env":     {...mora.envinfo.capture()...},
+     "task":    {...Task.report(): data sources with package, version and licence; greedy samples...},
      "finished_at": "2026-11-23T19:00:00+00:00"}
 
 ``mora.reproduce`` copies each table's finished results to ``results/runs/<table>[-variant]/<name>.json``;
@@ -30,13 +31,14 @@ RESULT_FILE = "result.json"
 
 def write_result(
     run_dir: str | Path, *, config: dict, name: str, params: dict, metrics: dict, curves: dict, timing: dict,
-    env: dict,
+    env: dict, task: dict | None = None,
 ) -> dict:
     """Write ``run_dir/result.json`` (atomically: a reader never sees half a file) and return it as a
-    reader will load it.  Tensors and numpy scalars become numbers, anything else unknown a string."""
+    reader will load it.  Tensors and numpy scalars become numbers, anything else unknown a string.
+    ``task``: what the task reports beyond metrics (its data sources, greedy samples, ...)."""
     result = {
         "schema": SCHEMA_VERSION, "name": name, "config": config, "params": params, "metrics": metrics,
-        "curves": curves, "timing": timing, "env": env,
+        "curves": curves, "timing": timing, "env": env, "task": task or {},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(result, indent=1, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))

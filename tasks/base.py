@@ -60,6 +60,11 @@ class Task(ABC):
             batch["attention_mask"].append([1] * n + [0] * (width - n))
         return {k: torch.tensor(v) for k, v in batch.items()}
 
+    def report(self) -> dict[str, Any]:
+        """What ``result.json`` records about the task beyond its metrics (under ``"task"``): where its
+        data came from (packages, versions, licences), samples of generations, ...  Empty by default."""
+        return {}
+
     @abstractmethod
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Metrics of ``model`` (in eval mode, adapters active) through lm-eval; flat name → value."""
