@@ -88,6 +88,7 @@ class TrainConfig:
     save_limit: int = 2
     eval_every: int = 0  # evaluate the task every N steps for the curve (0: only at eval_at and the end)
     eval_at: list[float] = field(default_factory=list)  # fractions of training, e.g. [0.3, 0.5, 0.7, 0.9]
+    analyze: bool = True  # at the end, the spectra and ranks of every ΔW (mora.analyze): analysis.json + result.json
 
 
 @dataclass

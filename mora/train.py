@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from . import envinfo, methods
+from . import analyze, envinfo, methods
 from .callbacks import AdapterRestarts, MetricsLog, TaskEvaluation, non_finite_loss, stdout_is_terminal
 from .config import grad_accum_steps, validate
 from .models import load_model, load_tokenizer
@@ -282,11 +282,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "world_size": world_size,
         "grad_accum": args.gradient_accumulation_steps,  # derived: global_batch / (micro_batch × world_size)
     }
-    return write_result(
+    result = write_result(
         run_dir, config=OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
         params=methods.parameter_report(trainable.model), metrics=metrics, curves=curves, timing=timing,
         env=envinfo.capture(),
     )
+    if cfg.train.analyze:  # the rank of what was learned: runs/<name>/analysis.json, a summary in result.json
+        result = analyze.record(run_dir, analyze.analyze_model(trainable.model, cfg))
+    return result
 
 
 def _peak_memory_mb() -> float:

@@ -186,10 +186,10 @@ def test_tiny_run_result_json_logging_and_progress_lines(tmp_path):
     proc = mora_run(f"runs_dir={tmp_path}", "name=t", *[a for a in TINY if not a.startswith("train.eval_at")],
                     "train.eval_at=[0.5]", "train.max_steps=4", "train.save_every=2", "logger=none")
     assert proc.returncode == 0, proc.stderr
-    # logger=none: metrics.jsonl only (no W&B), beside the config, checkpoints, eval data, result and the
+    # logger=none: metrics.jsonl only (no W&B), beside the config, checkpoints, eval data, result, the ΔW analysis and the
     # final adapter with its tokenizer
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "final", "metrics.jsonl", "result.json", "uuid_eval.jsonl"]
+        "analysis.json", "checkpoints", "config.yaml", "final", "metrics.jsonl", "result.json", "uuid_eval.jsonl"]
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in (run_dir / "final").iterdir()}
     # stdout is a pipe: plain progress lines instead of a progress bar
     progress = [line for line in proc.stdout.splitlines() if PROGRESS.match(line)]
