@@ -1,11 +1,13 @@
 """``MoraLinear`` — a frozen ``nn.Linear`` plus a MoRA update ``f_decomp(M f_comp(dropout(x)))``.
 
-Precision: ``M`` (and the adapter path) is kept in **float32 when the base weight is bfloat16 or
-float16**, otherwise in the base weight's dtype.  A zero-initialised matrix updated by small steps loses
-them when stored in bf16; the official code and peft's LoRA (the baselines here) keep their adapters in
-fp32 for the same reason, so the comparison stays fair.  The input is cast to M's dtype for the adapter
-path and the result back to the base output's dtype.  Merging adds ΔW rounded to the base dtype, so
-merge → unmerge is exact to ~1e-12 in float64 but only to bf16 resolution on a bf16 base.
+Precision: ``M`` is kept in **float32 when the base weight is bfloat16 or float16**, otherwise in the
+base weight's dtype.  A zero-initialised matrix updated by small steps loses them when stored in bf16;
+the official code and peft's LoRA (the baselines here) keep their adapters in fp32 for the same reason,
+so the comparison stays fair.  The adapter path reads the half-precision input as it is (no float32
+copy) and adds its update into the base output in place; how each variant keeps float32 accuracy
+(float32 slot sums, float32 accumulation of M's gradient) is described in ``compression.py``.  Merging
+adds ΔW rounded to the base dtype, so merge → unmerge is exact to ~1e-12 in float64 but only to bf16
+resolution on a bf16 base.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class MoraLinear(nn.Module):
         result = self.base_layer(x)
         if self.merged or self.disabled:
             return result
-        return self.compression.add_to(result, self.dropout(x.to(self.M.dtype)), self.M)
+        return self.compression.add_to(result, self.dropout(x), self.M)
 
     def delta_weight(self) -> Tensor:
         """ΔW (d × k) in M's dtype, such that the adapter path equals ``x @ ΔW.T`` (dropout aside)."""
