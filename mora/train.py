@@ -285,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     result = write_result(
         run_dir, config=OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
         params=methods.parameter_report(trainable.model), metrics=metrics, curves=curves, timing=timing,
-        env=envinfo.capture(),
+        env=envinfo.capture(), task=task.report(),
     )
     if cfg.train.analyze:  # the rank of what was learned: runs/<name>/analysis.json, a summary in result.json
         result = analyze.record(run_dir, analyze.analyze_model(trainable.model, cfg))

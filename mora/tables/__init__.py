@@ -120,6 +120,8 @@ def _load(name: str) -> TableModule:
 
 #: every table module, in the index's order; a new table joins with one line here
 _MODULES = (
+    "pocket_base",
     "table1",
+    "table3",
 )
 TABLES: dict[str, TableModule] = {name: _load(name) for name in _MODULES}
