@@ -123,5 +123,6 @@ _MODULES = (
     "pocket_base",
     "table1",
     "table3",
+    "table4",
 )
 TABLES: dict[str, TableModule] = {name: _load(name) for name in _MODULES}

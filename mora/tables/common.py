@@ -125,6 +125,13 @@ def summarize(result: dict) -> Run:
     )
 
 
+def delta_rank(run: Run, key: str = "effective_rank") -> float | None:
+    """A rank of the run's learned update ΔW, the mean over its adapted layers (:mod:`mora.analyze`,
+    ``result["analysis"]["overall"]``): ``effective_rank``, ``numerical_rank``, ``relative_rank``, or
+    ``max_rank`` (the most a layer's ΔW could have); None for a run that was not analysed."""
+    return ((run.result.get("analysis") or {}).get("overall") or {}).get(key)
+
+
 def group_by_method(runs: Iterable[Run]) -> list[list[Run]]:
     """Runs grouped by (method label, r), each group by learning rate, in the paper's row order: FFT
     first, then by rank, then by label."""
