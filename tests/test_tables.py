@@ -45,10 +45,10 @@ def test_table1_shows_computed_numbers_and_best_lr(paper_like, tmp_path):
     assert rendered.markdown == tmp_path / "out/table1.md" and rendered.plots == (tmp_path / "out/table1_curves.png",)
     assert "| lr | trainable params | char acc @300 | char acc @500 | char acc @700 | char acc @900 |" in md
     assert row(md, "| LoRA | 256 |") == ["LoRA", "256", "2e-4", "25,600", "9.9", "70.6", "100.0", "100.0",
-                                          "100.0", "100.0", "0.05", "700"]
+                                          "100.0", "100.0", "0.05", "700", "—"]  # no ΔW analysis in fake runs
     assert row(md, "| LoRA | 8 |")[2] == "2e-4"  # the better LR of the sweep (54.2% beats 31.0%)
-    assert row(md, "| LoRA | 8 |")[-1] == "—"  # never reached 100%
-    assert row(md, "| MoRA rope | 8 |")[-1] == "900"
+    assert row(md, "| LoRA | 8 |")[-2] == "—"  # never reached 100% (the last column: ΔW effective rank)
+    assert row(md, "| MoRA rope | 8 |")[-2] == "900"
     assert row(md, "| FFT | — |")[2] == "3e-5"
     sweep = md.split("## Every learning rate tried")[1]
     assert row(sweep, "| LoRA | 8 | 1e-4 |")[-1] == "" and row(sweep, "| LoRA | 8 | 2e-4 |")[-1] == "✓"
@@ -58,6 +58,17 @@ def test_table1_shows_computed_numbers_and_best_lr(paper_like, tmp_path):
     assert "Learning rates swept for LoRA r=8 (2 LRs)" in md
     assert "Only one learning rate was tried for FFT, MoRA rope r=8, LoRA r=256, MoRA sharing r=256: those rows may be under-tuned." in md
     assert "Rendered by `python -m mora.tables render table1` from 6 run result(s)" in md
+
+
+def test_table1_effective_rank_column_reads_the_run_analysis(paper_like, tmp_path):
+    from mora.analyze import record
+
+    overall = {"shape": [128, 128], "layers": 14, "max_rank": 128, "numerical_rank": 8.0, "relative_rank": 8.0,
+               "effective_rank": 6.3}
+    record(paper_like / "uuid-lora-r256-lr0.0002", {"by_type": {"q_proj": overall}, "overall": overall})
+    md, _ = render_table1(paper_like, tmp_path / "out")
+    assert row(md, "| LoRA | 256 |")[-1] == "6.3" and row(md, "| MoRA rope | 8 |")[-1] == "—"
+    assert "No ΔW analysis for FFT, LoRA r=8, MoRA rope r=8, MoRA sharing r=256 (trained before" in md
 
 
 def test_table1_claims_held(paper_like, tmp_path):

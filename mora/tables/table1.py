@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, distinct, draw_loss, fmt_lr,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, distinct, draw_loss, fmt_lr,
     lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, summarize,
 )
 
@@ -51,7 +51,9 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         markdown_table(headers, rows),
         "Character and exact-match accuracy in %. The learning rate of each row is the best of its sweep by final "
         "char accuracy (ties: lower final loss). *Steps to 100%* is the first evaluation at 100% char accuracy, so "
-        "its resolution is the evaluation interval.",
+        "its resolution is the evaluation interval. *ΔW effective rank*: the mean over the adapted layers of the "
+        "effective rank of the learned update (`mora-analyze`; exp of the entropy of σ/Σσ) — how many directions "
+        "the update spreads over (LoRA's is at most r).",
         f"![training loss and char accuracy]({image})",
         "## Every learning rate tried (was any row under-tuned?)",
         markdown_table(["method", "r", "lr", "final char acc", "final exact match", "final loss", "steps to 100%",
@@ -75,7 +77,7 @@ def _main_rows(best: list[Run]) -> tuple[list[str], list[list]]:
     same_length = len({run.max_steps for run in best}) == 1
     headers = ["method", "r", "lr", "trainable params"]
     headers += [f"char acc @{round(f * best[0].max_steps)}" if same_length else f"char acc @{f:.0%}" for f in FRACTIONS]
-    headers += ["final char acc", "final exact match", "final loss", "steps to 100%"]
+    headers += ["final char acc", "final exact match", "final loss", "steps to 100%", "ΔW effective rank"]
     rows = []
     for run in best:
         cells = []
@@ -87,6 +89,7 @@ def _main_rows(best: list[Run]) -> tuple[list[str], list[list]]:
             run.label, run.r or DASH, fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}", *cells,
             pct(run.final.get("char_acc")), pct(run.final.get("exact_match")), num(run.final.get("final_loss")),
             run.first_step_reaching("char_acc", 1.0) or DASH,
+            DASH if delta_rank(run) is None else f"{delta_rank(run):.1f}",
         ])
     return headers, rows
 
@@ -106,8 +109,18 @@ def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict]) -> list[
         *(verdict.markdown() for verdict in verdicts),
         *_fft_note(best),
         *lr_search_notes(groups),
+        *_unanalysed_note(best),
         code_note(everything),
     ]
+
+
+def _unanalysed_note(best: list[Run]) -> list[str]:
+    """Which rows have no ΔW analysis (runs trained before the trainer analysed every run)."""
+    missing = [run.method() for run in best if delta_rank(run) is None]
+    if not missing:
+        return []
+    return [f"No ΔW analysis for {', '.join(missing)} (trained before runs were analysed): rerun the grid, or "
+            "`mora-analyze runs/<name>` on the run directories and collect their result.json again."]
 
 
 def _reached(step: int | None, run: Run) -> str:
