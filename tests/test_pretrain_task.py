@@ -4,6 +4,7 @@ perplexity, the bad-input paths of the driver, and ReLoRA/ReMoRA pretraining thr
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -142,3 +143,20 @@ def test_remora_pretraining_through_the_trainer_records_perplexity_samples_and_s
     assert result["task"]["samples"][0]["prompt"] == "Document" and isinstance(result["task"]["samples"][0]["continuation"], str)
     trainable = result["params"]["trainable"]
     assert trainable > result["params"]["lora_equivalent"] - trainable  # embeddings and head dominate: trained in full
+
+
+def test_the_pretraining_schedule_is_cosine_with_a_rewarm_after_each_merge():
+    """Table 3's jagged schedule (pocket recipe: 400 steps, 40 warmup, merges every 80, 4-step re-warm): the LR
+    climbs back linearly to the cosine value at every merge, and is the plain cosine elsewhere."""
+    from mora.train import lr_lambda
+
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * (step - 40) / 360))  # noqa: E731
+    lr = {step: lr_lambda(step, total=400, warmup=40, schedule="cosine", restart_every=80, restart_warmup=4)
+          for step in range(400)}
+    assert lr[0] == pytest.approx(1 / 40) and lr[39] == pytest.approx(1.0)  # the initial warmup
+    for merge in (80, 160, 240, 320):
+        assert [lr[merge + i] for i in range(5)] == pytest.approx([cosine(merge + i) * (i + 1) / 4 for i in range(4)]
+                                                                  + [cosine(merge + 4)])
+        assert lr[merge - 1] == pytest.approx(cosine(merge - 1))  # untouched before the merge
+    untouched = [s for s in range(40, 400) if s % 80 >= 4]
+    assert all(lr[s] == pytest.approx(cosine(s)) for s in untouched)
