@@ -337,6 +337,8 @@ SPECTRUM_JSON = Path(__file__).resolve().parent.parent / "results" / "runs" / "d
 def export_spectra(run_dirs: list[str | Path], layer: str) -> dict:
     """The spectrum and ranks of ``layer`` in each analysed run (from its ``analysis.json``), with the run's
     method label and rank — the small, committable data of :func:`plot_delta_spectrum`."""
+    from .tables.common import method_label
+
     runs = []
     for run_dir in map(Path, run_dirs):
         analysis = json.loads((run_dir / ANALYSIS_FILE).read_text())
@@ -345,8 +347,9 @@ def export_spectra(run_dirs: list[str | Path], layer: str) -> dict:
             names = ", ".join(entry["name"] for entry in analysis["layers"][:3])
             raise ValueError(f"{run_dir} has no adapted layer {layer!r} (its layers: {names}, ...)")
         config = json.loads((run_dir / "result.json").read_text())["config"]
-        runs.append({"run": analysis["name"], "experiment": config.get("experiment"), "method": analysis["method"],
-                     "r": analysis["r"], "lr": config["optim"]["lr"], **{k: v for k, v in found[0].items() if k != "name"}})
+        runs.append({"run": analysis["name"], "experiment": config.get("experiment"), "label": method_label(config),
+                     "method": analysis["method"], "r": analysis["r"], "lr": config["optim"]["lr"],
+                     **{k: v for k, v in found[0].items() if k != "name"}})
     return {"layer": layer, "rules": RULES, "runs": runs}
 
 
@@ -365,13 +368,12 @@ def plot_delta_spectrum(spectra: dict | str | Path, out_png: str | Path) -> Path
     for i, run in enumerate(spectra["runs"]):
         sigma = torch.tensor(run["singular_values"], dtype=torch.float64)
         index = torch.arange(1, len(sigma) + 1)
-        label = (f"{run['method']}" + (f" r={run['r']}" if run["r"] is not None else "")
+        label = (run["label"] + (f" r={run['r']}" if run["r"] is not None else "")
                  + f": rank {run['numerical_rank']}, effective {run['effective_rank']:.1f}")
-        floor = max(run["shape"]) * EPS  # the numerical-rank tolerance, relative to σ₁
-        norm_ax.plot(index, (sigma / sigma[0]).clamp_min(floor / 10), color=f"C{i}", label=label)
+        norm_ax.plot(index, sigma / sigma[0], color=f"C{i}", label=label)  # log scale: exact zeros are left out
         share_ax.plot(index, sigma.cumsum(0) / sigma.sum(), color=f"C{i}", label=label)
     shape = spectra["runs"][0]["shape"]
-    norm_ax.axhline(max(shape) * EPS, color="0.5", linestyle=":", linewidth=1, label="numerical-rank tolerance")
+    norm_ax.axhline(max(shape) * EPS, color="0.5", linestyle=":", linewidth=1, label="numerical-rank tolerance (below: float noise)")
     norm_ax.axhline(RELATIVE_RTOL, color="0.5", linestyle="--", linewidth=1, label=f"{RELATIVE_RTOL:g} · σ₁")
     norm_ax.set_yscale("log")
     norm_ax.set_xlabel("index i")

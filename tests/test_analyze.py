@@ -209,7 +209,7 @@ def test_full_fine_tuning_run_rebuilds_its_initial_model_bit_for_bit(tmp_path, m
     assert analyze.main(["--spectrum", layer, "--spectrum-json", str(out), "--spectrum-png", str(tmp_path / "s.png"), str(run_dir)]) == 0
     spectra = json.loads(out.read_text())
     expected = next(entry for entry in analysis["layers"] if entry["name"] == layer)
-    assert spectra["layer"] == layer and [run["method"] for run in spectra["runs"]] == ["fft"]
+    assert spectra["layer"] == layer and [(run["label"], run["method"]) for run in spectra["runs"]] == [("FFT", "fft")]
     assert spectra["runs"][0]["shape"] == [128, 344] and spectra["runs"][0]["numerical_rank"] == expected["numerical_rank"]
     assert analyze.plot_delta_spectrum(out, tmp_path / "again.png").stat().st_size > 10_000
     assert analyze.main(["--spectrum", "model.nothing", "--spectrum-json", str(out), str(run_dir)]) == 2

@@ -122,14 +122,14 @@ def test_rank_sweep_says_where_rotation_stops_helping(tmp_path):
     assert row(md, "| rotation (rope) | 8 |")[-2] == "64.2 (r=8)" and row(md, "| rotation (rope) | 16 |")[-2] == "—"
 
 
-def test_main_table_draws_the_committed_delta_spectrum(tmp_path, monkeypatch):
+def test_main_table_draws_the_committed_delta_spectrum(tmp_path):
     spectra = {"layer": "model.layers.0.self_attn.q_proj", "rules": analyze.RULES, "runs": [
-        {"run": f"run{i}", "method": method, "r": r, "shape": [16, 16], "numerical_rank": rank,
+        {"run": f"run{i}", "label": label, "method": method, "r": r, "shape": [16, 16], "numerical_rank": rank,
          "relative_rank": rank, "effective_rank": rank / 2, "singular_values": [1.0 / (j + 1) if j < rank else 0.0 for j in range(16)]}
-        for i, (method, r, rank) in enumerate([("lora", 8, 8), ("mora_rope", 8, 16), ("fft", None, 16)])]}
-    path = tmp_path / "delta_spectrum.json"
+        for i, (label, method, r, rank) in enumerate([("LoRA", "lora", 8, 8), ("MoRA rope", "mora_rope", 8, 16), ("FFT", "fft", None, 16)])]}
+    path = tmp_path / "out" / table4.SPECTRA  # results/runs/delta_spectrum.json, beside the runs
+    path.parent.mkdir(parents=True)
     path.write_text(json.dumps(spectra))
-    monkeypatch.setattr(analyze, "SPECTRUM_JSON", path)
     runs = ablation(tmp_path / "runs" / "table4", **PAPER_LIKE)
     report = render("table4", runs, tmp_path / "out")
     assert report.stem == "table4"

@@ -8,8 +8,8 @@ when it reached 100%, the effective and numerical rank of its update ΔW (:mod:`
 paper's GSM8K figure beside it (:data:`mora.tables.paper.TABLE4_ABLATION`; our GSM8K column waits for the
 math task) — ``<stem>_curves.png`` (char accuracy against step, one panel per rank), ``<stem>_rank.png``
 (final accuracy, steps to 100% and effective rank against the rank) and, from the committed spectra
-``results/runs/delta_spectrum.json``, ``delta_spectrum.png`` (one layer's singular values of ΔW, method by
-method; only with the main table, not its variants).
+``<out_dir>/runs/delta_spectrum.json`` (``results/runs/``, written by ``mora-analyze --spectrum``),
+``delta_spectrum.png`` (one layer's singular values of ΔW, method by method; only with the main table).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ CLOSE_VARIANTS = ("sharing", "decouple", "rope")
 #: own spreads: 0.1 points at r=256 (67.9 / 67.8 / 67.9, which it calls close), 1.7 at r=8 (62.5 / 63.6 / 64.2).
 CLOSE_POINTS = 1.0
 PENDING = "pending the math task"
+#: one layer's spectra in several runs, under the output directory (``results/runs/``; ``mora-analyze --spectrum``)
+SPECTRA = Path("runs") / "delta_spectrum.json"
 
 
 def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "") -> Rendered:
     """Write ``out_dir/<stem>.md`` and its plots; with the main table (``stem == NAME``) also
-    ``out_dir/delta_spectrum.png`` when the committed spectra exist.  ``about``: the grid's own words."""
+    ``out_dir/delta_spectrum.png`` when ``out_dir/``:data:`SPECTRA` exists.  ``about``: the grid's own words."""
     if not results:
         raise ValueError(f"{NAME}: no results to render")
     out_dir = Path(out_dir)
@@ -52,10 +54,10 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
     best = sorted((b for b, _ in groups), key=lambda run: (run.r, VARIANTS.index(_variant(run))))
     verdicts = claims(best)
     plots = [_plot_curves(best, out_dir / f"{stem}_curves.png"), _plot_rank(best, out_dir / f"{stem}_rank.png")]
-    if stem == NAME and _spectrum_json().exists():
+    if stem == NAME and (out_dir / SPECTRA).exists():
         from ..analyze import plot_delta_spectrum
 
-        plots.append(plot_delta_spectrum(_spectrum_json(), out_dir / "delta_spectrum.png"))
+        plots.append(plot_delta_spectrum(out_dir / SPECTRA, out_dir / "delta_spectrum.png"))
     images = [f"![{png.stem}]({os.path.relpath(png, out_md.parent)})" for png in plots]
     text = "\n\n".join([
         f"# {TITLE}" + ("" if stem == NAME else f" ({stem})"),
@@ -78,12 +80,6 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     return Rendered(markdown=out_md, plots=tuple(plots), verdicts=tuple(verdicts))
-
-
-def _spectrum_json() -> Path:
-    from ..analyze import SPECTRUM_JSON
-
-    return SPECTRUM_JSON
 
 
 def _variant(run: Run) -> str | None:
