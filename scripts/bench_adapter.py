@@ -1,6 +1,7 @@
 """Adapter speed benchmark: one layer's forward+backward time for base / LoRA / MoRA, against FLOP floors.
 
     .venv/bin/python scripts/bench_adapter.py --out results/bench_adapter.md      # what `make bench` runs
+    python scripts/bench_adapter.py --device cuda --dtype bfloat16 --tokens 8192 --out bench_adapter-cuda.md
 
 Rows are the LLaMA-2-7B projection shapes (q/k/v/o 4096×4096, gate/up 4096→11008, down 11008→4096) at
 r=8 and r=256.  Per shape, every method wraps the *same* frozen ``nn.Linear`` (bias-free, as in LLaMA):
@@ -11,7 +12,9 @@ r=8 and r=256.  Per shape, every method wraps the *same* frozen ``nn.Linear`` (b
 * ``rope``     ``MoraLinear(..., compression="rope")``, dropout 0;
 * ``sharing``  ``MoraLinear(..., compression="sharing")``, dropout 0.
 
-One sample is one training step of the layer in float32 on ``--tokens`` tokens: ``out = layer(x)`` with
+One sample is one training step of the layer on ``--tokens`` tokens, in ``--dtype`` (float32 by default;
+on a bfloat16/float16 base LoRA's A and B are float32, as ``get_peft_model`` makes them, and so is MoRA's
+M) on ``--device`` (CUDA samples are bracketed by synchronisations): ``out = layer(x)`` with
 ``x`` requiring grad (as inside a network), then the backward pass.  By default the backward is driven by
 a fixed dense upstream gradient ``G`` (``out.backward(G)``, i.e. loss = (out·G).sum()), which is what a
 layer inside a network receives and costs nothing extra; ``--loss sum`` / ``--loss sq`` use
@@ -62,6 +65,7 @@ import peft  # noqa: E402
 from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
 
 from mora.adapters import MoraLinear, square_rank  # noqa: E402
+from mora.bench import DTYPES, device_description, synchronize  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (k = in, d = out): q/k/v/o, gate/up, down
 SHAPE_NAMES = {(4096, 4096): "q/k/v/o", (4096, 11008): "gate/up", (11008, 4096): "down"}
@@ -115,13 +119,16 @@ def build_methods(base: nn.Linear, ranks: list[int], generator: torch.Generator)
         config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["proj"])
         lora = inject_adapter_in_model(config, _Holder(base)).proj
         assert type(lora).__module__.startswith("peft.tuners.lora"), type(lora)
+        if base.weight.dtype in (torch.bfloat16, torch.float16):  # get_peft_model's autocast_adapter_dtype
+            lora.lora_A.float(), lora.lora_B.float()
         with torch.no_grad():
-            lora.lora_B["default"].weight.normal_(0, 0.01, generator=generator)
+            weight = lora.lora_B["default"].weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * 0.01)
         methods[f"lora{r}"] = lora
         for name in MORA:
             layer = MoraLinear(base, r=r, compression=name, dropout=0.0)
             with torch.no_grad():
-                layer.M.normal_(0, 0.01, generator=generator)
+                layer.M.copy_(torch.randn(layer.M.shape, generator=generator) * 0.01)
             methods[f"{name}{r}"] = layer
     return methods
 
@@ -170,9 +177,10 @@ def time_shape(k: int, d: int, args: argparse.Namespace, budget_s: float) -> Sha
     base = nn.Linear(k, d, bias=False)
     with torch.no_grad():
         base.weight.normal_(0, k**-0.5, generator=generator)
+    base.to(device=args.device, dtype=DTYPES[args.dtype])
     methods = build_methods(base, args.ranks, generator)
-    x = torch.randn(args.tokens, k, generator=generator).requires_grad_(True)
-    grad = torch.randn(args.tokens, d, generator=generator)
+    x = torch.randn(args.tokens, k, generator=generator).to(args.device, DTYPES[args.dtype]).requires_grad_(True)
+    grad = torch.randn(args.tokens, d, generator=generator).to(args.device, DTYPES[args.dtype])
     names = list(methods)
     samples: dict[str, list[float]] = {n: [] for n in names}
     started = time.perf_counter()
@@ -184,8 +192,10 @@ def time_shape(k: int, d: int, args: argparse.Namespace, budget_s: float) -> Sha
         for name in names[shift:] + names[:shift]:  # round-robin, rotating the starting method
             module = methods[name]
             zero_grads(module, x)
+            synchronize(args.device)
             start = time.perf_counter()
             train_step(module, x, grad, args.loss)
+            synchronize(args.device)
             elapsed = time.perf_counter() - start
             if round_ >= args.warmup:
                 samples[name].append(elapsed)
@@ -199,21 +209,24 @@ def time_merges(args: argparse.Namespace) -> list[dict]:
     rows = []
     generator = torch.Generator().manual_seed(args.seed)
     for k, d in MERGE_SHAPES:
-        base = nn.Linear(k, d, bias=False)
+        base = nn.Linear(k, d, bias=False, device=args.device, dtype=DTYPES[args.dtype])
         for r in args.ranks:
             for name in MORA:
                 layer = MoraLinear(base, r=r, compression=name)
                 with torch.no_grad():
-                    layer.M.normal_(0, 0.01, generator=generator)
+                    layer.M.copy_(torch.randn(layer.M.shape, generator=generator) * 0.01)
                 delta, merge = [], []
                 for i in range(args.merge_warmup + args.merge_repeats):
                     with torch.no_grad():
+                        synchronize(args.device)
                         start = time.perf_counter()
                         dw = layer.delta_weight()
+                        synchronize(args.device)
                         t_delta = time.perf_counter() - start
                     del dw
                     start = time.perf_counter()
                     layer.merge()
+                    synchronize(args.device)
                     t_merge = time.perf_counter() - start
                     layer.unmerge()
                     if i >= args.merge_warmup:
@@ -230,24 +243,16 @@ def time_merges(args: argparse.Namespace) -> list[dict]:
 def machine_header(args: argparse.Namespace, started: datetime.datetime, load_before, load_after, elapsed,
                    results: list[ShapeTimes]) -> list[str]:
     rounds = ", ".join(f"{st.k}→{st.d}: {len(st.samples['base'])}" for st in results)
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     loss = {"grad": "out.backward(G), G a fixed dense random gradient", "sum": "out.sum()",
             "sq": "out.pow(2).mean()"}[args.loss]
     return [
-        f"- machine: {cpu}, {os.cpu_count()} logical cores ({usable} usable), {platform.system()} {platform.machine()}",
+        f"- machine: {device_description('cpu')}, {platform.system()} {platform.machine()}"
+        + (f"; timed on {device_description(args.device)}" if args.device != "cpu" else ""),
         f"- torch {torch.__version__} with {torch.get_num_threads()} threads; peft {peft.__version__}; "
         f"Python {platform.python_version()}",
         f"- date: {started.isoformat(timespec='seconds')}; bench wall time {elapsed:.0f} s; "
         f"load average before/after: {load_before} / {load_after}",
-        f"- token batch: {args.tokens} tokens × one layer, float32; backward driven by {loss}; "
+        f"- token batch: {args.tokens} tokens × one layer, {args.dtype}; backward driven by {loss}; "
         f"{args.warmup} warmup + {args.repeats} measured rounds per shape (fewer if the time budget ran out: "
         f"{rounds}), methods round-robin within each round",
         f"- times: median ms per forward+backward; ×base and MoRA/LoRA: median of per-round paired ratios; "
@@ -335,14 +340,17 @@ def gemm_note(args: argparse.Namespace, shapes: list[tuple[int, int]]) -> str:
                 blocks = min(math.ceil(k / rank), math.ceil(d / rank)) if name == "rope" else 1
                 cases.setdefault((args.tokens * blocks, rank, rank), f"{name} r={r}")
     base_macs = args.tokens * k0 * d0
-    operands = {c: (torch.randn(c[0], c[1]), torch.randn(c[2], c[1])) for c in cases}
+    operands = {c: (torch.randn(c[0], c[1], device=args.device, dtype=DTYPES[args.dtype]),
+                    torch.randn(c[2], c[1], device=args.device, dtype=DTYPES[args.dtype])) for c in cases}
     repeats = {c: max(1, min(64, round(base_macs / (c[0] * c[1] * c[2])))) for c in cases}
     best = {c: math.inf for c in cases}
     for _ in range(6):
         for c, (a, b) in operands.items():
+            synchronize(args.device)
             start = time.perf_counter()
             for _ in range(repeats[c]):
                 a @ b.T
+            synchronize(args.device)
             best[c] = min(best[c], (time.perf_counter() - start) / repeats[c])
     rate = {c: c[0] * c[1] * c[2] / best[c] / 1e9 for c in cases}
     base = rate[(args.tokens, k0, d0)]
@@ -384,8 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge-warmup", type=int, default=1)
     parser.add_argument("--no-merge", action="store_true", help="skip the delta_weight/merge table")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the layer's and the activations' dtype (default float32; adapters stay float32 on a half base)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
@@ -413,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     report += ["", noise_note(results, records, args, load_before, load_after), "", note]
     if merges:
         m_lines, m_verdicts = merge_table(merges)
-        report += ["", "## Building ΔW and merging one layer (float32, median of "
+        report += ["", f"## Building ΔW and merging one layer ({args.dtype} base, median of "
                    f"{args.merge_repeats}; delta_weight under no_grad)", ""] + m_lines + [""] + m_verdicts
     text = "\n".join(report) + "\n"
     print(text)

@@ -124,5 +124,6 @@ _MODULES = (
     "table1",
     "table3",
     "table4",
+    "table5",
 )
 TABLES: dict[str, TableModule] = {name: _load(name) for name in _MODULES}
