@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -252,7 +251,7 @@ def result_record(spec: BenchModel, method: BenchMethod, row: dict, session: dic
         "train": {"global_batch": spec.batch, "micro_batch": spec.batch, "seq_len": spec.seq_len,
                   "max_steps": spec.warmup + spec.steps, "precision": spec.dtype},
         "optim": {"name": "AdamW", "lr": 1e-4},
-        "bench": {**session, "warmup": spec.warmup, "steps": spec.steps},
+        "bench": {"kind": "step", **session, "warmup": spec.warmup, "steps": spec.steps},
     }
     metrics = {k: row[k] for k in ("ms_per_step", "tokens_per_s", "peak_mem_mb", "step_ms")}
     return {
@@ -262,6 +261,19 @@ def result_record(spec: BenchModel, method: BenchMethod, row: dict, session: dic
         "timing": {"wall_s": row["wall_s"], "tokens_per_s": row["tokens_per_s"], "peak_mem_mb": row["peak_mem_mb"]},
         "env": row["env"], "task": {}, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def collect(record: dict, out_dir: Path, runs_dir: Path | None = None) -> Path:
+    """Write a row as ``runs_dir/<name>/result.json`` (as a run leaves it, when ``runs_dir`` is given) and as
+    ``out_dir/<name>.json`` (as ``mora.reproduce`` collects results for the tables); returns the latter."""
+    text = json.dumps(record, indent=1) + "\n"
+    if runs_dir is not None:
+        (runs_dir / record["name"]).mkdir(parents=True, exist_ok=True)
+        (runs_dir / record["name"] / "result.json").write_text(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{record['name']}.json"
+    path.write_text(text)
+    return path
 
 
 def run_session(specs: list[BenchModel], methods: list[BenchMethod], device: str, out_dir: Path, runs_dir: Path,
@@ -281,13 +293,9 @@ def run_session(specs: list[BenchModel], methods: list[BenchMethod], device: str
                   f"peak {row['peak_mem_mb']:.0f} MiB", file=sys.stderr, flush=True)
             records.append(result_record(spec, method, row, session))
     load_after = os.getloadavg()[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
     for record in records:
         record["config"]["bench"]["load_after"] = load_after
-        run_dir = runs_dir / record["name"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "result.json").write_text(json.dumps(record, indent=1) + "\n")
-        shutil.copy(run_dir / "result.json", out_dir / f"{record['name']}.json")
+        collect(record, out_dir, runs_dir)
     return records
 
 

@@ -105,3 +105,18 @@ def test_adapter_bench_runs_on_a_chosen_device_and_dtype(tmp_path, monkeypatch):
                         "--out", str(out)]) == 0
     text = out.read_text()
     assert "8 tokens × one layer, bfloat16" in text and "| 64→96 | 2 |" in text and "bfloat16 base" in text
+
+
+def test_trainer_rows_render_in_their_own_section(tmp_path):
+    trainer = {
+        "schema": 1, "name": "table5-cpu-trainer-uuid-tiny_llama-mora_rope", "params": {}, "curves": {},
+        "config": {"method": {"name": "mora", "compression": "rope", "r": 8}, "model": {"name": "tiny_llama"},
+                   "task": {"name": "uuid"}, "optim": {"lr": 1e-3}, "scale": "pocket",
+                   "train": {"micro_batch": 16, "precision": "fp32", "max_steps": 100},
+                   "bench": {"kind": "trainer", "id": "cpu-2", "device_kind": "cpu", "target": 0.9}},
+        "metrics": {"trainer_tokens_per_s": 950.0, "bare_tokens_per_s": [1000.0, 1000.0], "ratio": 0.95},
+        "timing": {"wall_s": 1.0}, "env": {"cpu": {"model": "CPU", "cores": 2}},
+    }
+    text = table5.render([_record("lora", 8, 100.0), trainer], tmp_path, "table5").markdown.read_text()
+    assert "### The trainer's own cost" in text
+    assert "| uuid | tiny_llama | MoRA rope | 16 | fp32 | 950 | 1,000 / 1,000 | 0.950 | ≥ 0.9 |" in text

@@ -1,10 +1,12 @@
 """Table 5 — training cost: a whole-model training step per method, against LoRA measured in the same session.
 
 Runs: ``results/runs/table5/`` (``make reproduce-table5 [DEVICE=cuda]``; :mod:`mora.bench`), one result per
-(device, model, method).  Writes ``<stem>.md``: for each device and model, ms per step, tokens/s, peak
-memory and the ratios to LoRA at the same rank and to the frozen base; the paper's cost claims
-(:data:`mora.tables.paper.COST_CLAIMS`); and the verdict on claim 6 (MoRA trains at most 1.15× LoRA's
-time) at the paper's own settings: rope at r=8, sharing at r=256.
+(device, model, method), plus the trainer-overhead rows of ``scripts/bench_trainer.py --record`` (their
+``config.bench.kind`` is ``trainer``).  Writes ``<stem>.md``: for each device and model, ms per step,
+tokens/s, peak memory and the ratios to LoRA at the same rank and to the frozen base; the trainer's
+tokens/s against a bare loop; the paper's cost claims (:data:`mora.tables.paper.COST_CLAIMS`); and the
+verdict on claim 6 (MoRA trains at most 1.15× LoRA's time) at the paper's own settings: rope at r=8,
+sharing at r=256.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import paper
-from .common import DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Verdict, code_note, markdown_table, rendered_by, summarize
+from .common import (
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Verdict, code_note, markdown_table, method_label, rendered_by, summarize,
+)
 
 NAME = "table5"
 TITLE = "Table 5 — Training cost"
@@ -37,16 +41,22 @@ def _rank(result: dict) -> int | None:
     return None if method["name"] in ("fft", "frozen") else method["r"]
 
 
+def _kind(result: dict) -> str:
+    """``step`` (a Table 5 row of :mod:`mora.bench`) or ``trainer`` (``scripts/bench_trainer.py``)."""
+    return result["config"]["bench"]["kind"]
+
+
 def _groups(results: list[dict]) -> dict[tuple[str, str], dict[tuple[str, int | None], dict]]:
-    """``{(device kind, model): {(method key, r): result}}``, each group from its latest session only —
-    ratios are taken within one session, never across."""
+    """``{(device kind, model): {(method key, r): result}}`` of the step rows, each group from its latest
+    session only — ratios are taken within one session, never across."""
+    results = [r for r in results if _kind(r) == "step"]
     latest: dict[tuple[str, str], str] = {}
     for result in results:
-        group = (result["config"]["scale"], result["config"]["model"]["name"])
+        group = (result["config"]["bench"]["device_kind"], result["config"]["model"]["name"])
         latest[group] = max(latest.get(group, ""), result["config"]["bench"]["id"])
     groups: dict = {group: {} for group in sorted(latest)}
     for result in results:
-        group = (result["config"]["scale"], result["config"]["model"]["name"])
+        group = (result["config"]["bench"]["device_kind"], result["config"]["model"]["name"])
         if result["config"]["bench"]["id"] == latest[group]:
             groups[group][(_key(result), _rank(result))] = result
     return groups
@@ -101,9 +111,29 @@ def _section(group: tuple[str, str], rows: dict) -> str:
     return heading + "\n\n" + markdown_table(headers, _rows(rows))
 
 
+def _trainer_section(results: list[dict]) -> str:
+    """The trainer against a bare loop on the same model, batch and optimizer (target ≥ 0.9)."""
+    rows = []
+    for result in sorted((r for r in results if _kind(r) == "trainer"), key=lambda r: r["name"]):
+        cfg, m = result["config"], result["metrics"]
+        target = cfg["bench"]["target"]
+        rows.append([cfg["task"]["name"], cfg["model"]["name"], method_label(cfg), cfg["train"]["micro_batch"],
+                     cfg["train"]["precision"], f"{m['trainer_tokens_per_s']:,.0f}",
+                     " / ".join(f"{v:,.0f}" for v in m["bare_tokens_per_s"]), f"{m['ratio']:.3f}",
+                     f"{'≥' if m['ratio'] >= target else '<'} {target}", _machine(result)])
+    if not rows:
+        return ""
+    return ("### The trainer's own cost\n\n`scripts/bench_trainer.py`: tokens/s of `mora.train.train` (the real "
+            "driver config, HF Trainer and callbacks) against a bare PyTorch loop training the same model, batch, "
+            "AdamW groups, clipping and precision (run before and after the trainer), over the same window of "
+            "steps, evaluations excluded.\n\n"
+            + markdown_table(["task", "model", "method", "micro batch", "precision", "trainer tokens/s",
+                              "bare loop tokens/s (before / after)", "trainer / bare", "target", "machine"], rows))
+
+
 def _machine(result: dict) -> str:
     env = result.get("env") or {}
-    if result["config"]["scale"] == "gpu":
+    if result["config"]["bench"]["device_kind"] == "gpu":
         devices = (env.get("cuda") or {}).get("devices") or [{"name": "unknown GPU"}]
         return f"{devices[0]['name']} (torch {(env.get('packages') or {}).get('torch')})"
     cpu = env.get("cpu") or {}
@@ -166,6 +196,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         rendered_by(NAME, results),
         "## This suite: one training step of the whole model",
         *(_section(group, rows) for group, rows in groups.items()),
+        *([trainer] if (trainer := _trainer_section(results)) else []),
         f"## The paper ({paper.LLAMA2_7B})",
         "Training time of MoRA relative to LoRA at equal trainable parameters:",
         cost,
