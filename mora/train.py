@@ -221,6 +221,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     task = TASKS[cfg.task.name](OmegaConf.to_object(cfg.task), tokenizer, run_dir)
     dataset = task.train_dataset()
     method_cfg = OmegaConf.to_object(cfg.method)
+    base_params = sum(p.numel() for p in model.parameters())  # the model's own size, before any adapter
     trainable = methods.build(model, method_cfg, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if cfg.train.gradient_checkpointing and method_cfg.name != "fft":
         trainable.model.enable_input_require_grads()
@@ -284,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     }
     result = write_result(
         run_dir, config=OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
-        params=methods.parameter_report(trainable.model), metrics=metrics, curves=curves, timing=timing,
+        params={**methods.parameter_report(trainable.model), "base": base_params}, metrics=metrics, curves=curves, timing=timing,
         env=envinfo.capture(), task=task.report(),
     )
     if cfg.train.analyze:  # the rank of what was learned: runs/<name>/analysis.json, a summary in result.json

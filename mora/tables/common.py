@@ -201,6 +201,8 @@ def model_description(run: Run) -> str:
     """The base model and its size: all parameters for full fine-tuning, the frozen ones for adapters
     (so runs of different methods on the same model describe it alike)."""
     params = run.result.get("params", {})
+    if isinstance(params.get("base"), int):  # recorded by the trainer before the method was attached
+        return f"{run.result['config']['model']['name']} ({params['base']:,} parameters)"
     total, trainable = params.get("total"), params.get("trainable")
     name = run.result["config"]["model"]["name"]
     if not isinstance(total, int):
@@ -209,16 +211,27 @@ def model_description(run: Run) -> str:
     return f"{name} ({base:,} parameters)"
 
 
-def lr_search_notes(groups: list[tuple[Run, list[Run]]]) -> list[str]:
-    """How well each row's learning rate was searched: swept rows, and rows that may be under-tuned."""
+def lr_search_notes(groups: list[tuple[Run, list[Run]]], sweep: str | None = None) -> list[str]:
+    """How well each row's learning rate was searched: swept rows, and rows that may be under-tuned.
+    ``sweep``: the stem of the table's committed LR sweep (``table3-sweep``) when one was rendered beside
+    it — the single-LR rows of a default table are then that sweep's choices, and the note links it."""
     swept = [f"{best.method()} ({len(members)} LRs)" for best, members in groups if len(members) > 1]
     untuned = [best.method() for best, members in groups if len(members) == 1]
     notes = []
     if swept:
         notes.append("Learning rates swept for " + ", ".join(swept) + "; each row above shows its best.")
-    if untuned:
+    if untuned and sweep:
+        notes.append(f"One learning rate per row here ({', '.join(untuned)}): the grid's, chosen by the committed sweep "
+                     f"[{sweep}.md]({sweep}.md), which shows every learning rate tried.")
+    elif untuned:
         notes.append("Only one learning rate was tried for " + ", ".join(untuned) + ": those rows may be under-tuned.")
     return notes
+
+
+def committed_sweep(out_dir: str | Path, name: str, stem: str) -> str | None:
+    """``<name>-sweep`` when ``stem`` is the default table and that sweep's runs were collected beside it."""
+    sweep = f"{name}-sweep"
+    return sweep if stem == name and (Path(out_dir) / "runs" / sweep).is_dir() else None
 
 
 def code_note(runs: list[Run]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import paper
 from .common import (
     DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, distinct, draw_loss, fmt_lr,
-    lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, summarize,
+    committed_sweep, lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, summarize,
 )
 
 NAME = "table1"
@@ -62,7 +62,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         f"{paper.TABLE1_UUID.unit}.",
         paper.TABLE1_UUID.markdown(),
         "## Notes",
-        "\n".join(f"- {line}" for line in notes(groups, verdicts)),
+        "\n".join(f"- {line}" for line in notes(groups, verdicts, committed_sweep(out_dir, NAME, stem))),
         *([f"**How this scale was chosen** (from `conf/grids/{NAME}.yaml`): {about.strip()}"] if about else []),
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def _main_rows(best: list[Run]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict]) -> list[str]:
+def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict], sweep: str | None = None) -> list[str]:
     """The notes under the table, every sentence computed from the runs: their scale, whether each of the
     paper's claims held, how well each row's learning rate was searched, and where the runs came from."""
     best = [b for b, _ in groups]
@@ -108,7 +108,7 @@ def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict]) -> list[
         f"{distinct(c['train']['global_batch'] for c in configs)}. The paper: {paper.TABLE1_UUID.setup}.",
         *(verdict.markdown() for verdict in verdicts),
         *_fft_note(best),
-        *lr_search_notes(groups),
+        *lr_search_notes(groups, sweep),
         *_unanalysed_note(best),
         code_note(everything),
     ]

@@ -9,13 +9,15 @@ paper's figures (:data:`mora.tables.paper.TABLE3_C4`) beside ours, and notes com
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, distinct,
-    draw_loss, fmt_lr, lr_search_notes, markdown_table, model_description, num, pyplot, rendered_by, summarize,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, delta_rank, distinct,
+    draw_loss, fmt_lr, lr_search_notes, markdown_table, method_label, model_description, num, pyplot, rendered_by,
+    summarize,
 )
 
 NAME = "table3"
@@ -40,6 +42,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         plotted.append((model, best))
         model_verdicts = claims(best, model if len(by_model) > 1 else "")
         verdicts += model_verdicts
+        speed = trainer_speed_note(Path(out_dir) / "runs" / "table5", model)
         sections += [
             f"## This suite: {model} — best learning rate per method",
             markdown_table(*_main_rows(best)),
@@ -49,7 +52,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
                  f"`{run.name}`", "✓" if run is chosen else ""]
                 for chosen, members in groups for run in members]),
             "## Notes" + (f" ({model})" if len(by_model) > 1 else ""),
-            "\n".join(f"- {line}" for line in notes(groups, model_verdicts)),
+            "\n".join(f"- {line}" for line in [*notes(groups, model_verdicts, committed_sweep(out_dir, NAME, stem)), *speed]),
         ]
     image = os.path.relpath(out_png, out_md.parent)
     text = "\n\n".join([
@@ -112,15 +115,16 @@ def claims(best: list[Run], model: str = "") -> list[Verdict]:
     return verdicts
 
 
-def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict]) -> list[str]:
+def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict], sweep: str | None = None) -> list[str]:
     best = [b for b, _ in groups]
     everything = [run for _, members in groups for run in members]
     configs = [run.result["config"] for run in everything]
+    fft_runs = [run for run in everything if run.family == "fft"]  # their size is the model's, whatever modules_to_save copies
     data = distinct(_data_description(run.result) for run in everything)
     restarts = distinct(f"every {c['method']['restart_every']} steps, {c['method']['restart_warmup']}-step re-warm"
                         for c in configs if c["method"].get("restart_every"))
     lines = [
-        f"Scale of these runs: model {distinct(model_description(run) for run in everything)}; data {data}; "
+        f"Scale of these runs: model {distinct(model_description(run) for run in fft_runs or everything)}; data {data}; "
         f"{distinct(run.max_steps for run in everything)} steps of {distinct(c['train']['global_batch'] for c in configs)} "
         f"× {distinct(c['task']['seq_len'] for c in configs)} tokens; perplexity on "
         f"{distinct(c['task']['eval_tokens'] for c in configs)} held-out tokens; restarts {restarts}. "
@@ -134,7 +138,22 @@ def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict]) -> list[
             closest = min(others, key=lambda run: run.final[METRIC])
             lines.append(f"Full-rank reference: FFT {num(fft.final[METRIC])}; the closest low-rank method is "
                          f"{closest.method()} at {num(closest.final[METRIC])} ({closest.final[METRIC] / fft.final[METRIC]:.2f}× FFT).")
-    return [*lines, *lr_search_notes(groups), code_note(everything)]
+    return [*lines, *lr_search_notes(groups, sweep), code_note(everything)]
+
+
+def trainer_speed_note(table5_runs: Path, model: str) -> list[str]:
+    """The suite trainer's throughput on this pretraining recipe against a bare PyTorch loop, from the
+    newest ``scripts/bench_trainer.py experiment=table3 ... --record results/runs/table5`` row, if any."""
+    rows = [json.loads(p.read_text()) for p in sorted(table5_runs.glob("*-trainer-pretrain-*.json"))]
+    rows = [r for r in rows if r["config"]["model"]["name"] == model and r["config"].get("experiment") == NAME]
+    if not rows:
+        return [f"Trainer cost: not measured for {model} (`scripts/bench_trainer.py experiment={NAME} --record results/runs/table5`)."]
+    row = max(rows, key=lambda r: r["finished_at"])
+    m = row["metrics"]
+    return [f"Trainer cost: the suite's trainer ran this recipe ({method_label(row['config'])}) at "
+            f"{m['trainer_tokens_per_s']:,.0f} tokens/s against {sum(m['bare_tokens_per_s']) / len(m['bare_tokens_per_s']):,.0f} "
+            f"for a bare PyTorch loop on the same model and batch: **{m['ratio']:.2f}×** (target ≥ 0.9; "
+            f"`scripts/bench_trainer.py`, {row['finished_at'][:10]})."]
 
 
 def _data_description(result: dict) -> str:
