@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..paths import CONF_DIR
 from .common import (
     HELD, NOT_HELD, NOT_TESTED, distinct, fmt_lr, group_by_method, markdown_table, model_description, summarize,
 )
@@ -65,12 +66,15 @@ def _section(report: Report, link) -> str:
     configs = [run.result["config"] for run in runs]
     methods = "; ".join(f"{group[0].method()} (lr {', '.join(fmt_lr(run.lr) for run in group)})"
                         for group in group_by_method(runs))
-    grid = f"conf/grids/{report.table.NAME}.yaml"
+    # a table's runs come from its grid (pocket_base: from an experiment; table5: from a benchmark's own command)
+    configs_of = (("grid", CONF_DIR / "grids"), ("experiment", CONF_DIR / "experiment"))
+    source = next((f"{kind} `{(d / report.table.NAME).relative_to(CONF_DIR.parent)}.yaml`" for kind, d in configs_of
+                   if (d / f"{report.table.NAME}.yaml").is_file()), "no grid: the table's own command")
     total, note = _duration(report.results)
     packages = [run.result.get("env", {}).get("packages") or {} for run in runs]
     lines = [
         f"What was run: {len(runs)} run(s) from [`{link(report.runs_dir)}/`]({link(report.runs_dir)}) "
-        f"(grid `{grid}`): {methods}.",
+        f"({source}): {methods}.",
         f"Scale: {_scale(report)}; model {distinct(model_description(run) for run in runs)}; "
         f"{distinct(run.max_steps for run in runs)} steps of global batch "
         f"{distinct(c['train'].get('global_batch', '?') for c in configs)}.",
