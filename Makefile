@@ -10,6 +10,7 @@
 #   make domain-corpora   the pocket biomedical and finance corpora and offline benchmarks of task=cpt (≈1 min)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
+#   make reproduce-shootout issue 9: MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores)
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -86,3 +87,9 @@ domain-corpora: $(DOMAIN_CORPORA)
 
 $(DOMAIN_CORPORA): | $(CORPUS)
 	$(PY) -m tasks.cpt.corpus
+
+.PHONY: reproduce-shootout
+# MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3 LRs
+# (conf/grids/shootout.yaml) → results/shootout-sweep.md (mora/tables/shootout.py)
+reproduce-shootout: $(STAMP)
+	$(PY) -m mora.reproduce shootout sweep=lr --jobs 2

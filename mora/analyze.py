@@ -18,6 +18,8 @@ The trainer runs the same analysis at its end (``train.analyze: true``, the defa
 * peft's LoRA family (LoRA, LoRA+, AsyLoRA, DoRA): peft's own merge of the layer, without mutating it —
   ``get_delta_weight`` for LoRA, the variant's ``merge_safe`` minus W for DoRA (whose merged weight
   rescales every row, so its ΔW is not B A).
+* peft's other types (``method=peft``): a merged copy of the layer minus W
+  (:func:`mora.methods.peft_delta_weight`; multiplicative ones like OFT have no additive ΔW of their own).
 * Everything that moves W itself — full fine-tuning, and ReLoRA/ReMoRA, which fold their updates into W
   at every restart — the weight now (plus any live adapter update) minus the weight the run started from.
   That initial model is rebuilt from the run's frozen config exactly as :func:`mora.train.train` built it
@@ -57,9 +59,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
 from .adapters import MoraLinear, MoraModel, module_matches
+from .methods import peft_delta_weight
 
 SCHEMA_VERSION = 1
 ANALYSIS_FILE = "analysis.json"
@@ -142,6 +146,9 @@ def delta_weights(model: nn.Module, targets: list[str], initial: dict[str, Tenso
         elif isinstance(module, LoraLayer):
             weight = module.get_base_layer().weight
             delta = _peft_delta(module, weight)
+        elif isinstance(module, BaseTunerLayer):  # method=peft: MiSS, C3A, HiRA, OFT, ... (peft's own merge)
+            weight = module.get_base_layer().weight
+            delta = peft_delta_weight(module).float()
         elif isinstance(module, nn.Linear) and initial is not None and module_matches(name, targets):
             weight, delta = module.weight, torch.zeros(module.weight.shape, device=module.weight.device)
         else:

@@ -52,9 +52,18 @@ class Budget(NamedTuple):
     def ratio(self) -> float:
         return self.count / self.lora_count - 1.0
 
+    @property
+    def within(self) -> bool:
+        return within_budget(self.count, self.lora_count)
+
     def describe(self) -> str:
         return (f"budget: {self.label} {self.knob}={self.value} trains {self.count:,} adapter parameters = LoRA "
                 f"r={self.lora_r}'s {self.lora_count:,} {self.ratio:+.1%} (±{TOLERANCE:.0%} allowed)")
+
+
+def within_budget(count: int, lora_count: int) -> bool:
+    """Is ``count`` within ±:data:`TOLERANCE` of ``lora_count`` (exactly 5% off counts as within)?"""
+    return abs(count - lora_count) <= TOLERANCE * lora_count + 1e-9
 
 
 def lora_count(model: nn.Module, target_modules: Sequence[str], r: int) -> int:
@@ -83,7 +92,7 @@ def match_budget(model: nn.Module, cfg: MethodConfig) -> tuple[MethodConfig, Bud
     values = spec.values(layers, cfg.peft_kwargs) if spec else range(1, max(k * d for k, d in layers) + 1)
     value, found = search(count, values, target)
     budget = Budget(cfg.label, knob, value, found, r, target)
-    if abs(budget.ratio) > TOLERANCE:
+    if not budget.within:
         where = f"method.peft_kwargs.{knob}" if spec else f"method.{knob}"
         raise ValueError(
             f"method.budget_r={r}: {cfg.label} cannot reach LoRA r={r}'s {target:,} trainable parameters within "

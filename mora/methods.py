@@ -82,6 +82,7 @@ class PeftMethod:
     """How the factory drives one of peft's adapter types.
 
     Args:
+        title: the method's name as its paper writes it (tables, plots).
         knob: the field of its peft config that sets its size, which ``budget_r`` searches (None: a fixed size).
         values: the knob's values to search, ordered by growing trainable count, given the adapted layers'
             (in, out) shapes and the user's ``peft_kwargs``; values peft refuses end the search.
@@ -92,6 +93,7 @@ class PeftMethod:
         lora_rank: the knob is a LoRA rank by construction (it trains knob·(k + d) per layer): no search.
     """
 
+    title: str
     knob: str | None
     values: Callable[[Layers, dict], Sequence[int]] = _sizes
     dropout: str | None = None
@@ -105,21 +107,21 @@ class PeftMethod:
 #: embedding, bias tuning), ADALORA (needs the trainer to call its rank allocator every step), XLORA / POLY
 #: (mixtures of adapters), LILY (cannot merge) and LORA itself (``method=lora`` / ``dora`` / ...).
 PEFT_TYPES: dict[str, PeftMethod] = {
-    "MISS": PeftMethod("r", dropout="miss_dropout"),  # ΔW: one r × d block shared by the input groups (Bone)
-    "GRALORA": PeftMethod("r", _multiples_of("gralora_k", 2), dropout="gralora_dropout", alpha="alpha"),
-    "HIRA": PeftMethod("r", dropout="hira_dropout"),  # ΔW = W₀ ⊙ (B A)
-    "RANDLORA": PeftMethod("r", _fewer_bases, dropout="randlora_dropout", alpha="randlora_alpha"),
-    "C3A": PeftMethod("block_size", _block_sizes, zero_init=False),  # block-circulant ΔW; xavier init
-    "SHIRA": PeftMethod("r", lora_rank=True),  # a sparse set of r·(k + d) entries of W
-    "VERA": PeftMethod("r", dropout="vera_dropout"),  # shared frozen random A, B; trained scaling vectors
-    "LOKR": PeftMethod("r", alpha="alpha"),  # Kronecker product of a small and a low-rank factor
-    "LOHA": PeftMethod("r", alpha="alpha"),  # Hadamard product of two low-rank updates
-    "DELORA": PeftMethod("r"),  # normalised LoRA with a bounded learnable scale
-    "HRA": PeftMethod("r"),  # r Householder reflections of W
-    "OFT": PeftMethod("oft_block_size"),  # block-diagonal orthogonal rotation of W
-    "FOURIERFT": PeftMethod("n_frequency", zero_init=False),  # n trained Fourier coefficients of ΔW
-    "WAVEFT": PeftMethod("n_frequency"),  # n trained wavelet coefficients of ΔW
-    "IA3": PeftMethod(None),  # a learned scale per output
+    "MISS": PeftMethod("MiSS", "r", dropout="miss_dropout"),  # ΔW: one r × d block shared by the input groups (Bone)
+    "GRALORA": PeftMethod("GraLoRA", "r", _multiples_of("gralora_k", 2), dropout="gralora_dropout", alpha="alpha"),
+    "HIRA": PeftMethod("HiRA", "r", dropout="hira_dropout"),  # ΔW = W₀ ⊙ (B A)
+    "RANDLORA": PeftMethod("RandLoRA", "r", _fewer_bases, dropout="randlora_dropout", alpha="randlora_alpha"),
+    "C3A": PeftMethod("C3A", "block_size", _block_sizes, zero_init=False),  # block-circulant ΔW; xavier init
+    "SHIRA": PeftMethod("SHiRA", "r", lora_rank=True),  # a sparse set of r·(k + d) entries of W
+    "VERA": PeftMethod("VeRA", "r", dropout="vera_dropout"),  # shared frozen random A, B; trained scaling vectors
+    "LOKR": PeftMethod("LoKr", "r", alpha="alpha"),  # Kronecker product of a small and a low-rank factor
+    "LOHA": PeftMethod("LoHa", "r", alpha="alpha"),  # Hadamard product of two low-rank updates
+    "DELORA": PeftMethod("DeLoRA", "r"),  # normalised LoRA with a bounded learnable scale
+    "HRA": PeftMethod("HRA", "r"),  # r Householder reflections of W
+    "OFT": PeftMethod("OFT", "oft_block_size"),  # block-diagonal orthogonal rotation of W
+    "FOURIERFT": PeftMethod("FourierFT", "n_frequency", zero_init=False),  # n trained Fourier coefficients of ΔW
+    "WAVEFT": PeftMethod("WaveFT", "n_frequency"),  # n trained wavelet coefficients of ΔW
+    "IA3": PeftMethod("IA³", None),  # a learned scale per output
 }
 #: Fields of a peft config that the factory sets itself.
 _FACTORY_FIELDS = {f.name for f in fields(PeftConfig)} | {"target_modules", "modules_to_save"}

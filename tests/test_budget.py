@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mora.adapters import MoraModel
-from mora.budget import TOLERANCE, lora_count, match_budget, meta_copy, search
+from mora.budget import lora_count, match_budget, meta_copy, search, within_budget
 from mora.methods import MethodConfig, build
 
 LORA8 = 2 * 8 * (4 * (64 + 64) + 3 * (64 + 172))  # LoRA r=8 on the tiny LLaMA's 2 layers × 7 projections
@@ -47,6 +47,11 @@ def test_meta_copy_has_the_same_modules_and_no_memory(tiny_llama):
     assert all(p.device.type == "cpu" for p in tiny_llama.parameters())  # the original is untouched
 
 
+def test_within_budget_includes_exactly_five_percent():
+    assert within_budget(37_088, 39_040) and within_budget(40_992, 39_040)  # −5.0% and +5.0% exactly
+    assert not within_budget(37_087, 39_040) and not within_budget(40_993, 39_040)
+
+
 def test_lora_count_is_r_times_in_plus_out(tiny_llama):
     assert lora_count(tiny_llama, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 8) == LORA8
     assert lora_count(tiny_llama, ["q_proj"], 4) == 2 * 4 * 128
@@ -59,7 +64,7 @@ def test_lora_and_mora_match_by_construction(tiny_llama, name):
     assert cfg.r == 8 and cfg.budget_r is None and budget.value == 8 and budget.lora_count == LORA8
     model, _ = build(tiny_llama, MethodConfig(name=name, budget_r=8), lr=1e-3)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trained == budget.count and abs(budget.ratio) <= TOLERANCE  # MoRA: r̂² ≈ r·(k + d), −3.8% here
+    assert trained == budget.count and budget.within  # MoRA: r̂² ≈ r·(k + d), −3.8% here
     if name == "mora":
         assert isinstance(model, MoraModel) and model.parameter_counts()["lora_equivalent"] == LORA8
 

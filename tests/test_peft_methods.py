@@ -121,6 +121,22 @@ def test_delta_weight_is_what_the_layer_adds(make_llama, peft_type):
             torch.testing.assert_close(inputs @ (base.weight + delta).T, layer(inputs), rtol=0, atol=MERGE_ATOL.get(peft_type, 1e-12))
 
 
+def test_analyze_measures_every_type_s_update(make_llama):
+    """mora-analyze's ΔW of every adapted layer (through peft_delta_weight): MiSS's single r × d block
+    repeated over the inputs is rank ≤ r; HiRA's W₀ ⊙ B A reaches far beyond its r; IA3's row scaling of W
+    has W's rank."""
+    from mora.analyze import analyze, delta_weights
+
+    ranks = {}
+    for peft_type, kwargs in (("MISS", {"r": 4}), ("HIRA", {"r": 4}), ("IA3", {})):
+        model = build(make_llama(), MethodConfig(name="peft", peft_type=peft_type, peft_kwargs=kwargs), lr=1e-2).model
+        perturb_trainable(model)
+        layers = analyze(delta_weights(model, list(MethodConfig().target_modules)))["layers"]
+        assert len(layers) == 14
+        ranks[peft_type] = max(layer["numerical_rank"] for layer in layers)
+    assert ranks["MISS"] <= 4 and ranks["HIRA"] > 4 * 4 and ranks["IA3"] == 64
+
+
 # ------------------------------------------------------------------------------------------ what the factory sets
 def test_method_dropout_and_targets_reach_the_peft_config(make_llama):
     model, _, _ = built(make_llama, "MISS", target_modules=["q_proj", "v_proj"])

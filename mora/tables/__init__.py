@@ -124,6 +124,7 @@ _MODULES = (
     "table1",
     "table3",
     "table4",
+    "shootout",
     "table5",
 )
 TABLES: dict[str, TableModule] = {name: _load(name) for name in _MODULES}

@@ -57,8 +57,13 @@ _METHOD_NAMES = {"fft": "FFT", "lora": "LoRA", "lora_plus": "LoRA+", "dora": "Do
 
 
 def method_label(config: dict) -> str:
-    """The paper's name for a run's method: ``FFT``, ``LoRA``, ``MoRA rope``, ``ReLoRA``, ``ReMoRA``..."""
+    """The paper's name for a run's method: ``FFT``, ``LoRA``, ``MoRA rope``, ``ReLoRA``, ``ReMoRA``, and for
+    ``method=peft`` its type's (``MiSS``, ``C3A``, ...: :data:`mora.methods.PEFT_TYPES`)."""
     method = config["method"]
+    if method["name"] == "peft":
+        from ..methods import PEFT_TYPES  # peft's import is only paid by tables that hold such runs
+
+        return PEFT_TYPES[method["peft_type"]].title
     label = _METHOD_NAMES.get(method["name"], method["name"])
     if method.get("restart_every"):
         return "Re" + label

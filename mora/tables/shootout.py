@@ -1,0 +1,202 @@
+"""The shoot-out (issue 9): MoRA against peft's other high-rank methods at equal trainable budgets, on UUID
+memorisation — the task where a high-rank update should matter most.
+
+Runs: ``results/runs/shootout-sweep/`` (``make reproduce-shootout``: every method over three learning
+rates; grid ``conf/grids/shootout.yaml``).  Writes ``<stem>.md`` — for each budget (LoRA r=8's trainable
+count and a large one), each method's best learning rate with its size knob, trainable count against the
+budget, final char accuracy and exact match, steps to 100%, the effective rank of ΔW (``mora-analyze``),
+step time and peak memory; every learning rate tried; claim 1 of the paper judged on these runs
+(:func:`mora.tables.table1.claims`) and notes computed from the runs — and ``<stem>_accuracy.png``, eval
+char accuracy against step for every method at the small budget.
+
+A run's budget is its ``method.budget_r``, else its ``method.r`` (LoRA, DoRA, MoRA: their knob is the rank);
+a peft type sized by hand — one whose knob cannot land within ±5% of any budget — joins the budget whose
+LoRA count is nearest its own (in ratio), and its *vs LoRA* cell says how far off it is.  Full fine-tuning is
+the reference row of every budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from .common import (
+    DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, fmt_lr, lr_search_notes, markdown_table,
+    model_description, num, pct, pyplot, rendered_by, summarize,
+)
+from .table1 import claims
+
+NAME = "shootout"
+TITLE = "Shoot-out — high-rank PEFT methods at equal budgets (UUID memorisation)"
+
+
+def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "") -> Rendered:
+    """Write ``out_dir/<stem>.md`` and ``out_dir/<stem>_accuracy.png``."""
+    from ..budget import TOLERANCE  # imports peft: paid only when there is a shoot-out to render
+
+    if not results:
+        raise ValueError(f"{NAME}: no results to render")
+    runs, lora_counts = with_budgets([summarize(r) for r in results])
+    groups = best_per_group(runs, "char_acc")
+    best = [b for b, _ in groups]
+    budgets = sorted(lora_counts)
+    fft = [run for run in best if run.family == "fft"]
+    out_md, out_png = Path(out_dir) / f"{stem}.md", Path(out_dir) / f"{stem}_accuracy.png"
+    verdicts = claims(best)
+    sections = []
+    for r in budgets:
+        rows = sorted((run for run in best if run.r == r), key=_rank_key) + fft
+        sections += [f"## Budget r={r}: LoRA r={r}'s {lora_counts[r]:,} trainable parameters",
+                     markdown_table(HEADERS, [_row(run, lora_counts) for run in rows])]
+    sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), pct(run.final.get("char_acc")),
+              pct(run.final.get("exact_match")), run.first_step_reaching("char_acc", 1.0) or DASH, f"`{run.name}`",
+              "✓" if run is chosen else ""]
+             for chosen, members in groups for run in members]
+    image = os.path.relpath(out_png, out_md.parent)
+    text = "\n\n".join([
+        f"# {TITLE}",
+        rendered_by(NAME, results),
+        *sections,
+        "Each row is the method's best learning rate by final char accuracy (ties: lower final loss); rows are "
+        "ordered by final char accuracy, then by steps to 100%; FFT (every weight trained) closes each budget as "
+        "the reference. Accuracies in %. *size*: the method's size knob (MoRA: the sides r̂ of its square "
+        f"matrices). *vs LoRA*: trainable count against the budget (budget matching allows ±{TOLERANCE:.0%}). "
+        "*Steps to 100%*: the first evaluation at 100% char accuracy (resolution: the evaluation interval). "
+        "*ΔW eff. rank*: the mean over the adapted layers of the effective rank of the learned update "
+        "(`mora-analyze`). *ms/step*: tokens per step over the median throughput of the run's logging intervals "
+        "(evaluation excluded). *peak MB*: the run's peak memory (CPU: the process's peak resident set).",
+        f"![char accuracy against step at the small budget]({image})",
+        "## Every learning rate tried (was any row under-tuned?)",
+        markdown_table(["method", "budget r", "size", "lr", "final char acc", "final exact match", "steps to 100%",
+                        "run", "chosen"], sweep),
+        "## Notes",
+        "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts)),
+        *([f"**How this scale was chosen** (from `conf/grids/{NAME}.yaml`): {about.strip()}"] if about else []),
+    ]) + "\n"
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    _plot([run for run in best if run.r == budgets[0]] + fft, budgets[0], out_png)
+    return Rendered(markdown=out_md, plots=(out_png,), verdicts=tuple(verdicts))
+
+
+HEADERS = ["method", "size", "lr", "trainable", "vs LoRA", "final char acc", "final exact match", "steps to 100%",
+           "ΔW eff. rank", "ms/step", "peak MB"]
+
+
+def with_budgets(runs: list[Run]) -> tuple[list[Run], dict[int, int]]:
+    """The runs with ``r`` set to their budget (None for FFT), and LoRA's trainable count at each budget."""
+    lora_counts = {run.r: run.trainable for run in runs if run.family == "lora" and run.trainable}
+    if not lora_counts:
+        raise ValueError(f"{NAME}: no LoRA run among the results — LoRA's trainable counts define the budgets")
+    return [replace(run, r=budget_of(run, lora_counts)) for run in runs], lora_counts
+
+
+def budget_of(run: Run, lora_counts: dict[int, int]) -> int | None:
+    """The LoRA rank whose trainable count the run stands against (see the module docstring)."""
+    method = run.result["config"]["method"]
+    if run.family == "fft":
+        return None
+    if method.get("budget_r"):
+        return method["budget_r"]
+    if method["name"] != "peft":
+        return method["r"]
+    return min(lora_counts, key=lambda r: abs(math.log(run.trainable / lora_counts[r])))
+
+
+def size(run: Run) -> str:
+    """The run's size knob as set: ``r=15``, ``block_size=8``, ``r̂=44–61`` (MoRA), — (FFT, IA3)."""
+    params, method = run.result.get("params", {}), run.result["config"]["method"]
+    if knob := {k: v for k, v in params.get("peft", {}).items() if k != "type"}:
+        return ", ".join(f"{k}={v}" for k, v in knob.items())
+    if method["name"] == "mora" and params.get("rank_summary"):
+        sides = sorted(set(params["rank_summary"].values()))
+        return f"r̂={sides[0]}" + (f"–{sides[-1]}" if len(sides) > 1 else "")
+    return DASH if method["name"] in ("fft", "peft") else f"r={method['r']}"
+
+
+def ms_per_step(run: Run) -> float | None:
+    """Milliseconds per optimizer step: tokens per step over the median tokens/s of the logging intervals
+    (an interval holding an evaluation is slower; the median leaves it out)."""
+    rates = [rate for _, rate in run.result["curves"].get("tokens_per_s", [])]
+    tokens = run.result.get("timing", {}).get("tokens_seen")
+    if not rates or not tokens or not run.max_steps:
+        return None
+    return 1000 * tokens / run.max_steps / statistics.median(rates)
+
+
+def _rank_key(run: Run) -> tuple:
+    reached = run.first_step_reaching("char_acc", 1.0)
+    return (-run.final.get("char_acc", -1.0), reached if reached is not None else math.inf, run.label)
+
+
+def _vs_lora(run: Run, lora_counts: dict[int, int]) -> str:
+    if run.r is None or run.trainable is None:
+        return DASH
+    return f"{run.trainable / lora_counts[run.r] - 1:+.1%}"
+
+
+def _row(run: Run, lora_counts: dict[int, int]) -> list:
+    rank, step_ms = delta_rank(run), ms_per_step(run)
+    peak = run.result.get("timing", {}).get("peak_mem_mb")
+    return [
+        run.label, size(run), fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}",
+        _vs_lora(run, lora_counts), pct(run.final.get("char_acc")), pct(run.final.get("exact_match")),
+        run.first_step_reaching("char_acc", 1.0) or DASH, DASH if rank is None else f"{rank:.1f}",
+        DASH if step_ms is None else f"{step_ms:.0f}", DASH if peak is None else f"{peak:,.0f}",
+    ]
+
+
+def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts) -> list[str]:
+    """The notes under the table, every sentence computed from the runs."""
+    from ..budget import within_budget
+
+    best = [b for b, _ in groups]
+    everything = [run for _, members in groups for run in members]
+    configs = [run.result["config"] for run in everything]
+    task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
+    lines = [
+        f"Scale of these runs: model {distinct(model_description(run) for run in everything)}; task "
+        f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
+        f"{distinct(run.max_steps for run in everything)} steps of global batch "
+        f"{distinct(c['train']['global_batch'] for c in configs)}.",
+        *(verdict.markdown() for verdict in verdicts),
+    ]
+    for r in sorted(lora_counts):
+        rows = sorted((run for run in best if run.r == r), key=_rank_key)
+        if rows:
+            lines.append(f"Budget r={r}, best first: " + ", ".join(
+                f"{run.label} {pct(run.final.get('char_acc'))}%" for run in rows) + ".")
+    off = [f"{run.label} at r={run.r} ({size(run)}: {_vs_lora(run, lora_counts)})" for run in best
+           if run.r is not None and run.trainable and not within_budget(run.trainable, lora_counts[run.r])]
+    if off:
+        lines.append("Off budget by more than ±5% (their knob cannot land closer on this model, or closer is too "
+                     "slow to train; see the grid): " + ", ".join(off) + ".")
+    if missing := [f"{run.label} r={run.r}" if run.r else run.label for run in best if delta_rank(run) is None]:
+        lines.append(f"No ΔW analysis for {', '.join(missing)}: `mora-analyze runs/<name>` on their run "
+                     "directories and collect their result.json again.")
+    return lines + lr_search_notes(groups) + [code_note(everything)]
+
+
+def _plot(runs: list[Run], budget: int, out_png: Path) -> None:
+    """Eval char accuracy against step, one line per method (its best learning rate)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, run in enumerate(sorted(runs, key=_rank_key)):  # ten colours, then the same ones dotted; FFT dashed
+        points = sorted((step, 100 * m["char_acc"]) for step, m in run.evals.items() if "char_acc" in m)
+        if points:
+            style = "--" if run.family == "fft" else "-" if i < 10 else ":"
+            ax.plot(*zip(*points), color=f"C{i % 10}", marker="o", markersize=3, linestyle=style,
+                    label=f"{run.label} lr={fmt_lr(run.lr)}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eval char accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"UUID memorisation at LoRA r={budget}'s budget (best learning rate per method)")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)

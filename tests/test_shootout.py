@@ -1,0 +1,141 @@
+"""The shoot-out (issue 9): its table (mora.tables.shootout) from synthetic runs, and its grid
+(conf/grids/shootout.yaml: every run composes, names are unique, every budget-matched run reaches its budget).
+No training happens (runs are written as the trainer writes them, tests/fake_runs.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fake_runs import curve, fake_run
+
+from mora.results import load_results
+from mora.tables import TABLES, shootout
+from mora.tables.common import HELD, method_label, summarize
+
+LORA8, LORA64 = 39_040, 312_320  # LoRA's trainable counts at r=8 and r=64 on the pocket model
+
+
+def run(root, method, r, lr, acc, *, trainable, peft=None, budget_r=None, compression=None, rank_summary=None,
+        tokens_per_s=(1000.0, 1000.0, 100.0), peak_mb=700.0, final_loss=0.05):
+    """A fake run (fake_runs.fake_run) made to look like the shoot-out's: its method config, trainable count,
+    size knob, throughput curve (one slow interval: an evaluation) and peak memory."""
+    fake_run(root, method, r, lr, acc, compression=compression, final_loss=final_loss)
+    old = root / f"uuid-{method}{'_' + compression if compression else ''}-r{r}-lr{lr:g}"
+    name = old.name if peft is None else f"uuid-peft_{peft['type'].lower()}-r{r}-lr{lr:g}"
+    path = old.rename(old.with_name(name)) / "result.json"
+    result = json.loads(path.read_text())
+    result["name"] = name
+    result["config"]["method"].update(budget_r=budget_r, **({"peft_type": peft["type"]} if peft else {}))
+    result["params"] = {"trainable": trainable, "total": 460_800 + trainable,
+                        **({"peft": peft} if peft else {}), **({"rank_summary": rank_summary} if rank_summary else {})}
+    result["timing"].update(tokens_seen=1_200_000, peak_mem_mb=peak_mb)  # 1,200 tokens per step × 1,000 steps
+    result["curves"]["tokens_per_s"] = [[100 * (i + 1), rate] for i, rate in enumerate(tokens_per_s)]
+    path.write_text(json.dumps(result))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs" / "shootout-sweep"
+    root.mkdir(parents=True)
+    run(root, "lora", 8, 1e-3, curve(0.1, 0.2, 0.3, 0.4, 0.5), trainable=LORA8, final_loss=0.5)
+    run(root, "lora", 8, 3e-3, curve(0.2, 0.4, 0.6, 0.8, 0.9), trainable=LORA8)
+    run(root, "mora", 8, 1e-2, curve(0.5, 1, 1, 1, 1), trainable=37_088, compression="rope",
+        rank_summary={"128x128": 44, "128x344": 60}, peak_mb=720.0)
+    run(root, "peft", 8, 3e-3, curve(0.3, 0.6, 0.9, 1, 1), trainable=39_840, budget_r=8, peft={"type": "MISS", "r": 15})
+    run(root, "peft", 8, 3e-1, curve(0.1, 0.2, 0.3, 0.3, 0.3), trainable=49_408, peft={"type": "C3A", "block_size": 8},
+        tokens_per_s=(500.0, 500.0, 50.0))
+    run(root, "lora", 64, 3e-3, curve(0.8, 1, 1, 1, 1), trainable=LORA64)
+    run(root, "mora", 64, 3e-3, curve(1, 1, 1, 1, 1), trainable=312_728, compression="sharing",
+        rank_summary={"128x128": 128, "128x344": 174})
+    run(root, "peft", 64, 3e-1, curve(0.4, 1, 1, 1, 1), trainable=197_632, peft={"type": "C3A", "block_size": 2})
+    run(root, "fft", 8, 1e-3, curve(1, 1, 1, 1, 1), trainable=421_760)
+    return root
+
+
+def row(markdown, section, prefix):
+    """The cells of the first row starting with ``prefix`` in the section whose heading starts ``section``."""
+    text = markdown.split(section, 1)[1].split("\n## ", 1)[0]
+    line = next(line for line in text.splitlines() if line.startswith(prefix))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_each_budget_ranks_its_methods_against_loras_count(runs, tmp_path):
+    rendered = shootout.render(load_results(runs), tmp_path / "out", "shootout-sweep")
+    md = rendered.markdown.read_text()
+    small, large = "## Budget r=8: LoRA r=8's 39,040", "## Budget r=64: LoRA r=64's 312,320"
+    rows = md.split(small)[1].split("## ")[0]
+    order = [line.split("|")[1].strip() for line in rows.splitlines() if line.startswith("| ") and "method" not in line]
+    assert order == ["MoRA rope", "MiSS", "LoRA", "C3A", "FFT"]  # by final char acc, then steps to 100%; FFT last
+    assert row(md, small, "| MiSS |") == ["MiSS", "r=15", "3e-3", "39,840", "+2.0%", "100.0", "100.0", "900", "—", "1200", "700"]
+    assert row(md, small, "| MoRA rope |")[1:5] == ["r̂=44–60", "1e-2", "37,088", "-5.0%"]
+    assert row(md, small, "| LoRA |")[2] == "3e-3"  # the better of its two LRs
+    assert row(md, small, "| C3A |")[1:5] == ["block_size=8", "3e-1", "49,408", "+26.6%"]  # sized by hand: nearest budget
+    assert row(md, small, "| C3A |")[9] == "2400"  # 1,200 tokens per step at the median 500 tok/s
+    assert row(md, large, "| C3A |")[1:5] == ["block_size=2", "3e-1", "197,632", "-36.7%"]
+    assert row(md, large, "| FFT |")[4] == "—"
+    assert "Off budget by more than ±5%" in md and "C3A at r=8 (block_size=8: +26.6%)" in md
+    assert "MoRA rope at r=8" not in md  # exactly −5.0%: within
+    assert "Budget r=8, best first: MoRA rope 100.0%, MiSS 100.0%, LoRA 90.0%, C3A 30.0%." in md
+    assert rendered.plots == (tmp_path / "out" / "shootout-sweep_accuracy.png",) and rendered.plots[0].stat().st_size > 0
+    assert [v.verdict for v in rendered.verdicts] == [HELD, HELD]  # claim 1a at r=8; 1b at r=64 (MoRA 300, LoRA 500)
+
+
+def test_every_lr_is_listed_with_the_chosen_one(runs, tmp_path):
+    md = shootout.render(load_results(runs), tmp_path, "shootout-sweep").markdown.read_text()
+    sweep = "## Every learning rate tried"
+    assert row(md, sweep, "| LoRA | 8 | r=8 | 1e-3 |")[-1] == "" and row(md, sweep, "| LoRA | 8 | r=8 | 3e-3 |")[-1] == "✓"
+    assert "Only one learning rate was tried for" in md
+
+
+def test_budget_of_each_run(runs):
+    by_name = {r.name: r for r in shootout.with_budgets([summarize(x) for x in load_results(runs)])[0]}
+    assert by_name["uuid-peft_miss-r8-lr0.003"].r == 8  # method.budget_r
+    assert by_name["uuid-peft_c3a-r64-lr0.3"].r == 64  # 197,632 is nearer 312,320 than 39,040 (in ratio)
+    assert by_name["uuid-fft-r8-lr0.001"].r is None
+
+
+def test_runs_without_lora_cannot_be_budgeted(tmp_path):
+    run(tmp_path, "peft", 8, 3e-3, curve(1, 1, 1, 1, 1), trainable=39_840, budget_r=8, peft={"type": "MISS", "r": 15})
+    with pytest.raises(ValueError, match="no LoRA run among the results"):
+        shootout.render(load_results(tmp_path), tmp_path / "out", "shootout")
+
+
+def test_registered_and_peft_types_named_as_their_papers():
+    assert TABLES["shootout"] is shootout
+    assert method_label({"method": {"name": "peft", "peft_type": "GRALORA"}}) == "GraLoRA"
+
+
+# ------------------------------------------------------------------------------------------ the grid
+@pytest.fixture(scope="module")
+def grid():
+    """``(validated config, overrides)`` of every run ``make reproduce-shootout`` trains."""
+    from mora.config import validate
+    from mora.reproduce import compose_run, grid_overrides
+
+    return [(validate(compose_run(o)), o) for o in grid_overrides("shootout", "pocket", "lr")]
+
+
+@pytest.mark.slow
+def test_the_grid_runs_every_method_at_both_budgets_over_three_lrs(grid):
+    from omegaconf import OmegaConf
+
+    from mora.run import run_name
+
+    names = [run_name(cfg, o) for cfg, o in grid]
+    assert len(names) == len(set(names)) == 66
+    labels = {method_label({"method": OmegaConf.to_container(cfg.method)}) for cfg, _ in grid}
+    assert labels == {"LoRA", "DoRA", "MoRA rope", "MoRA sharing", "MiSS", "GraLoRA", "HiRA", "RandLoRA", "C3A",
+                      "SHiRA", "VeRA", "FFT"}
+    assert all(cfg.train.max_steps == 500 and cfg.experiment == "shootout" for cfg, _ in grid)
+
+
+@pytest.mark.slow
+def test_every_budget_matched_run_of_the_grid_reaches_its_budget(grid):
+    """The preflight of every distinct ``budget_r`` run (what mora-run checks before training)."""
+    from mora.preflight import check_method
+
+    budgeted = {(cfg.method.peft_type, cfg.method.budget_r): cfg for cfg, _ in grid if cfg.method.budget_r}
+    assert len(budgeted) == 8  # MiSS, GraLoRA, HiRA, SHiRA at r=8 and r=64
+    for cfg in budgeted.values():
+        check_method(cfg)  # raises ConfigError when the budget cannot be reached
