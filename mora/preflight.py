@@ -128,4 +128,9 @@ def preflight(cfg: DictConfig) -> None:
 
     check_model(cfg.model)
     check_method(cfg)
-    TASKS[cfg.task.name].preflight(OmegaConf.to_object(cfg.task))
+    task, task_cfg = TASKS[cfg.task.name], OmegaConf.to_object(cfg.task)
+    task.preflight(task_cfg)
+    if hasattr(task, "preflight_tokens"):  # checks that need the run's tokenizer (tasks.sft: the prompt fits max_length)
+        from .models import load_tokenizer
+
+        task.preflight_tokens(task_cfg, load_tokenizer(cfg.model))
