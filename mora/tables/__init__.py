@@ -122,6 +122,7 @@ def _load(name: str) -> TableModule:
 _MODULES = (
     "pocket_base",
     "table1",
+    "table2",
     "table3",
     "table4",
     "shootout",
