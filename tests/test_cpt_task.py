@@ -214,13 +214,18 @@ def test_ner_and_convfinqa_scoring():
     assert metrics.convfinqa_results({"label": ["3"]}, ["about 3.5"])["score"] == 0.0
 
 
-def test_chance_levels_of_random_guessing():
-    choice = DOMAINS["biomed"].benchmark("usmle")
-    rows = [{"options": ["a"] * 5, "gold_index": 0}, {"options": ["a"] * 4, "gold_index": 1}]
-    assert bench_io.chance(choice, rows) == pytest.approx((1 / 5 + 1 / 4) / 2)
+def test_chance_is_the_better_input_blind_guesser():
+    usmle = DOMAINS["biomed"].benchmark("usmle")
+    rows = [{"options": ["a"] * 5, "gold_index": g} for g in (0, 1, 2, 3, 4)] + [{"options": ["a"] * 4, "gold_index": 1}]
+    assert bench_io.chance(usmle, rows) == pytest.approx(2 / 6)  # "always option 2" beats random guessing's (5/5 + 1/4) / 6
+    pubmedqa = DOMAINS["biomed"].benchmark("pubmedqa")
+    rows = [{"options": ["No", "Maybe", "Yes"], "gold_index": g} for g in (2, 2, 2, 0)]
+    assert bench_io.chance(pubmedqa, rows) == pytest.approx(0.75)  # always "Yes"
     fpb = DOMAINS["finance"].benchmark("fpb")
-    rows = [{"options": ["n", "p"], "gold_index": g} for g in (0, 0, 0, 1)]  # p = 3/4 and 1/4, k = 2
-    assert bench_io.chance(fpb, rows) == pytest.approx(0.75 * 1.5 / 2.5 + 0.25 * 0.5 / 1.5)
+    rows = [{"options": ["n", "p"], "gold_index": g} for g in (0, 1, 0, 1)]  # p = 1/2 each, k = 2: random wins
+    assert bench_io.chance(fpb, rows) == pytest.approx(2 * 0.5 * (2 * 0.5 / 2))
+    rows = [{"options": ["n", "p", "x"], "gold_index": g} for g in (0, 0, 0, 1)]  # majority: 3/4 · 1.5/1.75
+    assert bench_io.chance(fpb, rows) == pytest.approx(0.75 * 1.5 / 1.75)
     assert bench_io.chance(DOMAINS["finance"].benchmark("ner"), rows) is None
     assert bench_io.at_chance(0.27, 0.25, 100) and not bench_io.at_chance(0.40, 0.25, 100)
 
@@ -241,7 +246,8 @@ def test_a_pocket_run_completes(cache, tmp_path, domain, method):
     report = result["task"]
     assert report["domain"] == domain and report["data"]["name"] == f"cpt-{domain}"
     if domain == "biomed":
-        assert {"pubmedqa", "usmle", "biommlu"} <= set(metrics_) and metrics_["usmle_chance"] == pytest.approx(0.2)
+        assert {"pubmedqa", "usmle", "biommlu", "domain_average"} <= set(metrics_)
+        assert metrics_["usmle_chance"] == 1.0 and metrics_["domain_average_n"] == 3  # the test's MedQA answers are all C
         assert report["benchmarks"]["rct"]["why"].startswith("hub/local only")
     else:
         assert not {"fpb", "ner"} & set(metrics_) and all(b["why"] for b in report["benchmarks"].values())

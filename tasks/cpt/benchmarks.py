@@ -145,19 +145,25 @@ def write_run_file(bench: Benchmark, rows: list[dict], tokenizer, out_dir: Path)
 
 
 def chance(bench: Benchmark, rows: list[dict]) -> float | None:
-    """The score of uniform random guessing on ``rows`` (None for generation tasks): 1/options for
-    accuracy; for weighted F1, a class of share p gets precision p and recall 1/k, hence F1 2p/(1 + pk)."""
+    """What an input-blind guesser scores on ``rows`` (None for generation tasks): the better of uniform random
+    guessing and always giving the most frequent answer (PubMedQA's "yes" is 55% of its questions).
+
+    Accuracy: 1/options, or the majority answer's share.  Weighted F1 with k options, a class of share p:
+    random guessing gives it precision p and recall 1/k, F1 2p/(1 + pk); always answering the majority class m
+    gives F1 2p_m/(1 + p_m) to it and 0 to the others.  Headline: per question (``class_id``), averaged."""
     if bench.kind != CHOICE:
         return None
-    if bench.metric in ("acc", "micro_f1"):
-        return sum(1 / len(row["options"]) for row in rows) / len(rows)
     groups: dict = defaultdict(list)
     for row in rows:
         groups[row.get("class_id", 0) if bench.metric == "headline_f1" else 0].append(row)
     scores = []
     for members in groups.values():
-        k, n = len(members[0]["options"]), len(members)
-        scores.append(sum((c / n) * 2 * (c / n) / (1 + (c / n) * k) for c in Counter(r["gold_index"] for r in members).values()))
+        n, shares = len(members), [c / len(members) for c in Counter(r["gold_index"] for r in members).values()]
+        if bench.metric in ("acc", "micro_f1"):
+            scores.append(max(sum(1 / len(r["options"]) for r in members) / n, max(shares)))
+        else:
+            k, top = len(members[0]["options"]), max(shares)
+            scores.append(max(sum(p * 2 * p / (1 + p * k) for p in shares), top * 2 * top / (1 + top)))
     return sum(scores) / len(scores)
 
 

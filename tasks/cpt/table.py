@@ -5,7 +5,8 @@ Everything here reads result dicts only (``result["metrics"]``, ``result["task"]
 
 * one column per benchmark — ours beside the paper's (arXiv v1 Tables 6, 7) — and the domain average beside
   the paper's Table 1 column; a benchmark a run could not score says why ("hub/local only"), never a number;
-  a score within two binomial standard errors of random guessing on the rows scored is marked ``†``;
+  a score within two binomial standard errors of an input-blind guesser (uniform or majority answer) on the rows
+  scored is marked ``†``;
 * held-out domain perplexity (the pocket-scale signal: lower is better) and the perplexity of the base's own
   held-out general text (forgetting);
 * each row's learning rate is its best by held-out domain perplexity, never by a benchmark.
@@ -108,10 +109,11 @@ def _best(best: dict[tuple[str, int | None], Run], family: str, r: int | None) -
 
 
 def claims(best_by_domain: dict[str, dict[tuple[str, int | None], Run]]) -> list[Verdict]:
-    """Claim 3 on held-out domain perplexity, over both domains: 3a MoRA < LoRA at every rank with both; 3b FFT below
-    every adapter row.  The domain averages ride along in the evidence."""
-    claim_a = "Claim 3a (continual pretraining: MoRA beats LoRA)"
-    claim_b = "Claim 3b (continual pretraining: full fine-tuning stays best)"
+    """Claim 3 on held-out domain perplexity, over the domains given (named in the claim when only one is): 3a MoRA <
+    LoRA at every rank with both; 3b FFT below every adapter row.  The domain averages ride along in the evidence."""
+    where = f" [{next(iter(best_by_domain))}]" if len(best_by_domain) == 1 else ""
+    claim_a = f"Claim 3a (continual pretraining: MoRA beats LoRA){where}"
+    claim_b = f"Claim 3b (continual pretraining: full fine-tuning stays best){where}"
     evidence_a, evidence_b, held_a, held_b = [], [], True, True
     for domain in DOMAINS:
         best = best_by_domain.get(domain) or {}

@@ -10,9 +10,9 @@ and full fine-tuning stays best.  This task is the pretraining task on domain te
   pocket English corpus's validation split, which the pocket base never trained on (``task.general``).
 * the domain benchmarks through lm-eval (``task.benchmarks``: pocket | hub | local | none;
   :mod:`tasks.cpt.benchmarks`), each as ``<key>`` (AdaptLLM's metric, a fraction), ``<key>_chance``
-  (the score of random guessing on the same rows) and ``<key>_n`` (rows scored); ``domain_average``
-  is the mean over the benchmarks of the paper's domain average that were scored (``domain_average_n``
-  of them; the report names any missing).
+  (what an input-blind guesser scores on the same rows: uniform or majority answer) and ``<key>_n``
+  (rows scored); ``domain_average`` is the mean over the benchmarks of the paper's domain average that
+  were scored (``domain_average_n`` of them; the report names any missing).
 
 Metrics: ``perplexity`` (held-out domain text, the primary metric at pocket scale: lower is better),
 ``eval_nll``, ``general_perplexity``, and the benchmark keys of the domain (:mod:`tasks.cpt.domains`).
