@@ -278,8 +278,8 @@ def collect(record: dict, out_dir: Path, runs_dir: Path | None = None) -> Path:
 
 def run_session(specs: list[BenchModel], methods: list[BenchMethod], device: str, out_dir: Path, runs_dir: Path,
                 seed: int = 0) -> list[dict]:
-    """Measure every (model, method), write each as ``runs_dir/<name>/result.json`` and collect it into
-    ``out_dir/<name>.json``; returns the records."""
+    """Measure every (model, method) and write each row as soon as it is measured (:func:`collect`), so that
+    a session cut short keeps what it finished; returns the records."""
     started = datetime.now(timezone.utc)
     kind = torch.device(device).type
     session = {"id": f"{kind}-{started:%Y%m%dT%H%M%SZ}", "device_kind": "gpu" if kind == "cuda" else "cpu",
@@ -291,11 +291,10 @@ def run_session(specs: list[BenchModel], methods: list[BenchMethod], device: str
             row = run_isolated(spec, method, device, seed)
             print(f"  {row['ms_per_step']:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s, "
                   f"peak {row['peak_mem_mb']:.0f} MiB", file=sys.stderr, flush=True)
-            records.append(result_record(spec, method, row, session))
-    load_after = os.getloadavg()[0]
-    for record in records:
-        record["config"]["bench"]["load_after"] = load_after
-        collect(record, out_dir, runs_dir)
+            record = result_record(spec, method, row, session)
+            record["config"]["bench"]["load_after"] = os.getloadavg()[0]
+            collect(record, out_dir, runs_dir)
+            records.append(record)
     return records
 
 

@@ -22,9 +22,17 @@ from .methods import MethodConfig
 from .paths import cache_path
 
 
-def _by_scale(pocket: Any, paper: Any, *, _root_: DictConfig) -> Any:
-    """``${by_scale:48,10000}`` — the first value at ``scale=pocket``, the second at ``scale=paper``."""
-    return paper if _root_.get("scale") == "paper" else pocket
+_POCKET = object()  # by_scale's third value when the YAML gives none
+
+
+def _by_scale(pocket: Any, paper: Any, gpu: Any = _POCKET, *, _root_: DictConfig) -> Any:
+    """``${by_scale:48,10000}`` — the first value at ``scale=pocket``, the second at ``scale=paper``; at
+    ``scale=gpu`` (one GPU, minutes) a third value, ``${by_scale:48,10000,512}``, or else the pocket value —
+    a table's grid (``conf/grids/<table>.yaml`` ``scales: gpu:``) overrides what differs from pocket."""
+    scale = _root_.get("scale")
+    if scale == "paper":
+        return paper
+    return gpu if scale == "gpu" and gpu is not _POCKET else pocket
 
 
 OmegaConf.register_new_resolver("by_scale", _by_scale, replace=True)
@@ -135,7 +143,7 @@ class RunConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str | None = None  # set by conf/experiment/*.yaml; names the W&B group and the table
-    scale: str = "pocket"  # pocket | paper — experiments pick their sizes from it
+    scale: str = "pocket"  # pocket | gpu | paper — experiments pick their sizes from it
     runs_dir: str = "runs"
     name: str | None = None  # override the derived run name
     force: bool = False  # rerun even when runs/<name>/result.json exists (wipes the run dir)
@@ -164,7 +172,7 @@ _CHOICES = {
     "launcher.name": ("local", "ddp", "zero2", "zero3"),
     "launcher.runner": ("auto", "accelerate", "deepspeed", "torchrun"),
     "logger.name": ("none", "wandb"),
-    "scale": ("pocket", "paper"),
+    "scale": ("pocket", "gpu", "paper"),
 }
 
 

@@ -186,3 +186,44 @@ def test_first_touches_refuses_partial_overlaps():
     assert _first_touches([[(0, 4)], [(4, 6)], [(0, 2)]], 8) == ([True, True, False], ((6, 8),))
     with pytest.raises(AssertionError, match="partly overlap"):
         _first_touches([[(0, 4)], [(2, 6)]], 8)
+
+
+# ================================================================================ GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("shape", ["llama_gate", "llama_down", *SHAPES])
+def test_cuda_fused_path_equals_the_reference(name, shape, monkeypatch):
+    """On CUDA (TF32 off) the fused path matches the eager reference to float32 rounding, both rope branches."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    k, d, r = {"llama_gate": (4096, 11008, 8), "llama_down": (11008, 4096, 8)}.get(shape) or SHAPES[shape]
+    comp = build_compression(name, k, d, square_rank(k, d, r, name)).to("cuda")
+    for tokens in (3, 512):
+        g = torch.Generator(device="cuda").manual_seed(tokens)
+        M = torch.randn(comp.rank, comp.rank, device="cuda", generator=g) / comp.rank**0.5
+        x, result = torch.randn(tokens, k, device="cuda", generator=g), torch.randn(tokens, d, device="cuda", generator=g)
+        grad = torch.randn(tokens, d, device="cuda", generator=g)
+        fused = _grads(comp.add_to, result, x, M, grad)
+        reference = _grads(lambda res, x_, M_: res + comp.update(x_, M_), result, x, M, grad)
+        for got, expected in zip(fused, reference):
+            assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compression", ["rope", "sharing"])
+def test_cuda_bf16_layer_is_within_bf16_rounding_of_float32(compression):
+    torch.manual_seed(0)
+    base = nn.Linear(4096, 11008, bias=False, device="cuda", dtype=torch.bfloat16)
+    layer = MoraLinear(base, r=8, compression=compression)
+    with torch.no_grad():
+        layer.M.normal_(std=layer.rank**-0.5)
+    x = torch.randn(2048, 4096, device="cuda").to(torch.bfloat16).requires_grad_(True)
+    grad = torch.randn(2048, 11008, device="cuda").to(torch.bfloat16)
+    out = layer(x)
+    out.backward(grad)
+    x32, M32 = x.detach().float().requires_grad_(True), layer.M.detach().clone().requires_grad_(True)
+    comp32 = build_compression(compression, 4096, 11008, layer.rank).to("cuda")
+    ref = x32 @ base.weight.float().T + comp32.update(x32, M32)
+    ref.backward(grad.float())
+    eps = 2.0**-8
+    for got, expected in [(out, ref), (x.grad, x32.grad), (layer.M.grad, M32.grad)]:
+        assert (got.float() - expected).abs().max() <= 2 * eps * expected.abs().max()

@@ -103,8 +103,8 @@ def _section(group: tuple[str, str], rows: dict) -> str:
                f"{spec['num_layers']} layer(s), hidden {spec['hidden_size']}, FFN {spec['intermediate_size']}, "
                f"{spec['num_heads']} heads, vocabulary {spec['vocab_size']:,}; {spec['dtype']} weights; micro batch "
                f"{spec['batch']} × {spec['seq_len']} tokens; median of {bench['steps']} steps after {bench['warmup']} "
-               f"warm-up steps; session `{bench['id']}`, 1-min load average {bench['load_before']:.2f} before, "
-               f"{bench['load_after']:.2f} after.")
+               f"warm-up steps; session `{bench['id']}`, 1-min load average {bench['load_before']:.2f} at its start, "
+               f"up to {max(r['config']['bench']['load_after'] for r in rows.values()):.2f} after a row.")
     headers = ["method", "r", "trainable params", "ms / step", "min–max ms", "tokens / s",
                "peak memory" + (" (CUDA max allocated)" if kind == "gpu" else " (process peak RSS)"),
                "× LoRA time (same r)", "× LoRA memory", "× frozen base time"]
