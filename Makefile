@@ -9,7 +9,7 @@
 #   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
 #   make domain-corpora   the pocket biomedical and finance corpora and offline benchmarks of task=cpt (≈1 min)
 #   make finetune-data    the pocket instruction and math data, the offline MMLU and GSM8K tests of task=instruct|math (≈1 min)
-#   make reproduce-table2 fine-tuning: instruct (MMLU) and math (GSM8K) for every baseline (SCALE=paper: the 8-GPU jobs)
+#   make reproduce-table2 fine-tuning: instruct (MMLU), math (GSM8K) for every baseline (≈26 min on 2 cores; SCALE=paper: 8-GPU jobs)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
 #   make reproduce-shootout issue 9: MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores)
