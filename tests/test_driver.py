@@ -23,6 +23,7 @@ import mora.run
 from mora.config import ConfigError, validate
 from mora.reproduce import compose_run
 from mora.run import CONF_DIR, REPO_ROOT, check_group_choices, prepare_run_dir, run_name, short_float
+from tasks import TASKS
 
 MORA_RUN = str(Path(sys.executable).parent / "mora-run")
 #: the cheapest real run: 8 pairs, one batch per step, evaluation only at the end
@@ -273,7 +274,9 @@ def _options() -> list[tuple[str, str]]:
 def test_every_group_option_composes_and_validates_offline(no_network, group, option):
     overrides = [f"{group}={option}"]
     cfg = validate(compose_run(overrides))
-    assert cfg.task.name == "uuid"
+    # the default task, the one chosen, or the one an experiment selects: always a registered task
+    expected = option if group == "task" else cfg.task.name if group == "experiment" else "uuid"
+    assert cfg.task.name == expected and cfg.task.name in TASKS
     assert run_name(cfg, overrides)
     if group in ("model", "method", "launcher", "logger"):
         assert cfg[group].name == OmegaConf.load(CONF_DIR / group / f"{option}.yaml").name
