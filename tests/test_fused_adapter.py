@@ -154,7 +154,7 @@ def _spans(name: str, k: int, d: int, r: int = 8):
 
 def test_llama_q_proj_rope_is_one_batched_matmul():
     spans, plan = _spans("rope", 4096, 4096)
-    assert spans == [(0, 16, 0, 256, 256)] and plan.tiles == () and plan.untouched == ()
+    assert spans == [(0, 16, 0, 256, 256)] and plan.tiles is None and plan.untouched == ()
 
 
 def test_llama_gate_proj_rope_wraps_one_block_and_tiles_one_buffer():
@@ -164,22 +164,23 @@ def test_llama_gate_proj_rope_wraps_one_block_and_tiles_one_buffer():
     assert spans == [(0, 11, 0, 348, 348), (11, 1, 3828, 268, 348), (11, 1, 0, 80, 348)]
     assert [s.fresh_in for s in plan.spans] == [True, True, False]  # the wrapped features accumulate
     assert [s.fresh_out for s in plan.spans] == [True, True, False]
-    assert plan.width == 4176 and [(t.start, t.count, t.size) for t in plan.tiles] == [(0, 2, 4176), (8352, 1, 2656)]
+    assert plan.width == 4176 and [(t.start, t.count, t.size, t.fresh_slots) for t in plan.tiles.items] == [
+        (0, 2, 4176, True), (8352, 1, 2656, False)]
 
 
 def test_llama_down_proj_rope_reads_the_first_blocks_and_truncates_the_last():
     spans, plan = _spans("rope", 11008, 4096)
     assert spans == [(0, 11, 0, 348, 348), (11, 1, 3828, 348, 268)]
-    assert plan.tiles == () and plan.untouched == ((4176, 11008),)
+    assert plan.tiles is None and plan.untouched == ((4176, 11008),)
 
 
 def test_llama_gate_proj_sharing_sums_whole_blocks_in_one_view():
     comp = build_compression("sharing", 4096, 11008, 348)
-    inputs, outputs, untouched = comp._segments
-    assert [(s.start, s.count, s.size, s.slot, s.fresh) for s in inputs] == [
-        (0, 11, 348, 0, True), (3828, 1, 268, 0, True), (0, 1, 80, 268, False)]
-    assert [(s.start, s.count, s.size) for s in outputs] == [(0, 31, 348), (10788, 1, 220)]
-    assert untouched == ()
+    inputs, outputs = comp._segments
+    assert [(s.start, s.count, s.size, s.slot, s.fresh, s.fresh_slots) for s in inputs.items] == [
+        (0, 11, 348, 0, True, True), (3828, 1, 268, 0, True, False), (0, 1, 80, 268, False, False)]
+    assert [(s.start, s.count, s.size) for s in outputs.items] == [(0, 31, 348), (10788, 1, 220)]
+    assert inputs.untouched == inputs.untouched_slots == outputs.untouched_slots == ()
 
 
 def test_first_touches_refuses_partial_overlaps():

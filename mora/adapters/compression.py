@@ -214,7 +214,7 @@ class _Segment:
     """Columns ``start + [0, count·size)`` of a wide axis (input features or outputs) viewed as
     (count, size) and tied to slots: with ``runs`` row i is one run of ``size`` columns for slot
     ``slot + i``; otherwise every row covers the slots ``slot + [0, size)`` (cyclic grouping, tiling).
-    ``fresh``: the first segment to touch these columns."""
+    ``fresh`` / ``fresh_slots``: the first segment of its list to touch these columns / these slots."""
 
     start: int
     count: int
@@ -222,19 +222,25 @@ class _Segment:
     slot: int
     runs: bool
     fresh: bool = True
+    fresh_slots: bool = True
 
     def ranges(self) -> list[tuple[int, int]]:
         return [(self.start, self.start + self.count * self.size)]
+
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        return [(self.slot, self.slot + (self.count if self.runs else self.size))]
 
     def view(self, t2: Tensor) -> Tensor:
         return t2.narrow(1, self.start, self.count * self.size).unflatten(1, (self.count, self.size))
 
     def reduce_into(self, acc: Tensor, t2: Tensor) -> None:
-        """Add these columns of ``t2`` onto their slots of ``acc`` (summed in ``acc``'s dtype)."""
-        if self.runs:
-            acc[:, self.slot : self.slot + self.count] += self.view(t2).sum(2, dtype=acc.dtype)
+        """Sum these columns of ``t2`` onto their slots of ``acc`` (in ``acc``'s dtype; written, not added,
+        by the first segment to touch them)."""
+        (lo, hi), dim = self.slot_ranges()[0], 2 if self.runs else 1
+        if self.fresh_slots:
+            torch.sum(self.view(t2), dim, dtype=acc.dtype, out=acc[:, lo:hi])
         else:
-            acc[:, self.slot : self.slot + self.size] += self.view(t2).sum(1, dtype=acc.dtype)
+            acc[:, lo:hi] += self.view(t2).sum(dim, dtype=acc.dtype)
 
     def spread(self, t2: Tensor, slots: Tensor, accumulate: bool) -> None:
         """Write (or add) each slot of ``slots`` onto its columns of ``t2``, in place."""
@@ -244,6 +250,14 @@ class _Segment:
             src = slots[:, None, self.slot : self.slot + self.size]
         view = self.view(t2)
         view.add_(src) if accumulate else view.copy_(src)
+
+
+def _empty_slots(like: Tensor, rows: int, width: int, untouched: tuple, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised (rows, width) buffer whose ``untouched`` column ranges are zero (the rest is written)."""
+    buffer = like.new_empty(rows, width, dtype=dtype or like.dtype)
+    for lo, hi in untouched:
+        buffer[:, lo:hi].zero_()
+    return buffer
 
 
 def _cyclic_segments(length: int, period: int, rank: int) -> list[_Segment]:
@@ -265,10 +279,20 @@ def _run_segments(total: int, rank: int) -> list[_Segment]:
     return [s for s in segments if s.count and s.size]
 
 
-def _input_segments(segments: list[_Segment], k: int) -> tuple[tuple[_Segment, ...], tuple[tuple[int, int], ...]]:
-    """Input segments marked ``fresh`` in order, and the input ranges none reads."""
-    fresh, untouched = _first_touches([s.ranges() for s in segments], k)
-    return tuple(replace(s, fresh=f) for s, f in zip(segments, fresh)), untouched
+@dataclass(frozen=True)
+class _Segments:
+    """Segments in order, marked ``fresh`` (wide side) and ``fresh_slots``, with what none of them touches."""
+
+    items: tuple[_Segment, ...]
+    untouched: tuple[tuple[int, int], ...]  # wide columns
+    untouched_slots: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def schedule(cls, segments: list[_Segment], wide: int, slots: int) -> _Segments:
+        fresh, untouched = _first_touches([s.ranges() for s in segments], wide)
+        fresh_slots, untouched_slots = _first_touches([s.slot_ranges() for s in segments], slots)
+        items = tuple(replace(s, fresh=f, fresh_slots=g) for s, f, g in zip(segments, fresh, fresh_slots))
+        return cls(items, untouched, untouched_slots)
 
 
 @dataclass(frozen=True)
@@ -283,7 +307,7 @@ class _MatmulPlan:
     spans: tuple[_Span, ...]
     untouched: tuple[tuple[int, int], ...]  # input features no span reads: their gradient is zero
     width: int
-    tiles: tuple[_Segment, ...]
+    tiles: _Segments | None
 
     @classmethod
     def build(cls, pieces: list[_Span], k: int, tile_to: int | None = None) -> _MatmulPlan:
@@ -299,7 +323,8 @@ class _MatmulPlan:
         fresh_in, untouched = _first_touches([span.in_ranges() for span in merged], k)
         fresh_out, _ = _first_touches([span.out_ranges() for span in merged], width)
         spans = tuple(replace(span, fresh_in=i, fresh_out=o) for span, i, o in zip(merged, fresh_in, fresh_out))
-        tiles = tuple(_cyclic_segments(tile_to, tile_to, width)) if tile_to and width < tile_to else ()
+        tiled = tile_to and width < tile_to
+        tiles = _Segments.schedule(_cyclic_segments(tile_to, tile_to, width), tile_to, width) if tiled else None
         return cls(spans, untouched, width, tiles)
 
 
@@ -331,7 +356,7 @@ class _AddBlockMatmuls(torch.autograd.Function):
         for span in plan.spans:
             beta = 0 if plan.tiles and span.fresh_out else 1
             span.out(y).baddbmm_(span.x(x2), span.w(Wc).transpose(1, 2), beta=beta)
-        for tile in plan.tiles:
+        for tile in plan.tiles.items if plan.tiles else ():
             tile.spread(out, y, accumulate=True)
         ctx.mark_dirty(result)
         ctx.save_for_backward(x2, Wc)
@@ -344,8 +369,8 @@ class _AddBlockMatmuls(torch.autograd.Function):
         plan, need_x, need_W = ctx.plan, ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         g2 = _rows(grad).to(x2.dtype)
         if plan.tiles:  # the gradient of the one tile the spans wrote: the sum over result's tiles
-            tiled, g2 = g2, g2.new_zeros(g2.shape[0], plan.width)
-            for tile in plan.tiles:
+            tiled, g2 = g2, _empty_slots(g2, g2.shape[0], plan.width, plan.tiles.untouched_slots)
+            for tile in plan.tiles.items:
                 tile.reduce_into(g2, tiled)
         grad_x = torch.empty_like(x2) if need_x else None
         grad_W = torch.zeros(Wc.shape, dtype=ctx.W_dtype, device=Wc.device) if need_W else None
@@ -365,43 +390,41 @@ class _AddBlockMatmuls(torch.autograd.Function):
 class _AddSharedSlots(torch.autograd.Function):
     """``result += expand(compress(x) @ M.T)`` for a shared variant given as input and output segments.
 
-    The slot sums and the r̂ outputs live in ``M``'s dtype; ``result`` is modified in place.
+    The slot sums and the r̂ outputs live in ``M``'s dtype; the outputs are rounded to ``result``'s dtype
+    once (as the reference casts its update) and added into ``result`` in place.
     """
 
     @staticmethod
-    def forward(ctx, result: Tensor, x: Tensor, M: Tensor, inputs: tuple, outputs: tuple,
-                untouched: tuple) -> Tensor:
+    def forward(ctx, result: Tensor, x: Tensor, M: Tensor, inputs: _Segments, outputs: _Segments) -> Tensor:
         x2, out = _rows(x), result.view(-1, result.shape[-1])
-        slots = x2.new_zeros(x2.shape[0], M.shape[0], dtype=M.dtype)
-        for seg in inputs:
+        slots = _empty_slots(x2, x2.shape[0], M.shape[0], inputs.untouched_slots, M.dtype)
+        for seg in inputs.items:
             seg.reduce_into(slots, x2)
-        y = slots @ M.T
-        for seg in outputs:
+        y = (slots @ M.T).to(out.dtype)
+        for seg in outputs.items:
             seg.spread(out, y, accumulate=True)
         ctx.mark_dirty(result)
         ctx.save_for_backward(slots, M)
-        ctx.segments, ctx.x_shape, ctx.x_dtype = (inputs, outputs, untouched), x.shape, x.dtype
+        ctx.segments, ctx.x_shape, ctx.x_dtype = (inputs, outputs), x.shape, x.dtype
         return result
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         slots, M = ctx.saved_tensors
-        inputs, outputs, untouched = ctx.segments
+        inputs, outputs = ctx.segments
         g2 = _rows(grad)
-        grad_y = g2.new_zeros(g2.shape[0], M.shape[0], dtype=M.dtype)
-        for seg in outputs:
+        grad_y = _empty_slots(g2, g2.shape[0], M.shape[0], outputs.untouched_slots, M.dtype)
+        for seg in outputs.items:
             seg.reduce_into(grad_y, g2)
         grad_M = grad_y.T @ slots if ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_slots = grad_y @ M
-            grad_x = g2.new_empty(g2.shape[0], ctx.x_shape[-1], dtype=ctx.x_dtype)
-            for lo, hi in untouched:
-                grad_x[:, lo:hi].zero_()
-            for seg in inputs:
+            grad_x = _empty_slots(g2, g2.shape[0], ctx.x_shape[-1], inputs.untouched, ctx.x_dtype)
+            for seg in inputs.items:
                 seg.spread(grad_x, grad_slots, accumulate=not seg.fresh)
             grad_x = grad_x.view(ctx.x_shape)
-        return grad, grad_x, grad_M, None, None, None
+        return grad, grad_x, grad_M, None, None
 
 
 class _Rotate(torch.autograd.Function):
@@ -526,10 +549,9 @@ class SharedCompression(Compression):
             out_slot = torch.repeat_interleave(torch.arange(r), torch.tensor(_runs(d, r)))
         self.register_buffer("out_slot", out_slot, persistent=False)
         self.register_buffer("out_runs", torch.tensor(_runs(d, r)), persistent=False)
-        inputs, untouched = _input_segments(_cyclic_segments(padded, k, r) if self.cyclic_input
-                                            else _run_segments(k, r), k)
-        outputs = tuple(_cyclic_segments(d, d, r) if self.tile_output else _run_segments(d, r))
-        self._segments = (inputs, outputs, untouched)
+        inputs = _cyclic_segments(padded, k, r) if self.cyclic_input else _run_segments(k, r)
+        outputs = _cyclic_segments(d, d, r) if self.tile_output else _run_segments(d, r)
+        self._segments = (_Segments.schedule(inputs, k, r), _Segments.schedule(outputs, d, r))
 
     def compress(self, x: Tensor) -> Tensor:
         """(..., k) → (..., r̂): the slot sums."""
