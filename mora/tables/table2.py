@@ -157,12 +157,101 @@ MATH_COLUMNS = (
     Column("math_verify", "MATH", "MATH", chance=0.0, benchmark="math"),
     Column("response_perplexity", "math ppl", percent=False),
 )
+# ---- continual pretraining (task=cpt): one column group per task.domain ----
+#: the paper's per-task figures (v1 Tables 6, 7); its domain averages are TABLE2_FINETUNING's BioMed / Finance columns
+CPT_PAPER = {"biomed": paper.TABLE2_BIOMED, "finance": paper.TABLE2_FINANCE}
+
+
+def _cpt_columns(domain: str, title: str) -> tuple[Column, ...]:
+    """The domain average beside the paper's (over the benchmarks the run scored) and held-out domain perplexity."""
+    return (Column("domain_average", title, title, benchmark="domain_average"), Column("perplexity", f"{domain} ppl", percent=False))
+
+
+def _cpt_at_chance(run: Run, key: str) -> bool:
+    """A cpt benchmark score within the 95% binomial interval of what an input-blind guesser scores on the same rows
+    (the run records it: ``<key>_chance``, ``<key>_n``)."""
+    value, chance, n = (run.final.get(k) for k in (key, f"{key}_chance", f"{key}_n"))
+    if value is None or chance is None or not n:
+        return False
+    return abs(value - chance) <= Z95 * math.sqrt(max(chance * (1 - chance), 1e-12) / n)
+
+
+def _cpt_claims(domain: str) -> Callable[[dict], list[Verdict]]:
+    """Claim 3 on one domain, by held-out domain perplexity at each row's best LR: 3a MoRA below LoRA at every rank with
+    both; 3b FFT below every adapter row.  Domain averages ride along in the evidence (they decide nothing at chance)."""
+
+    def judge(best: dict[tuple[str, int | None], Run]) -> list[Verdict]:
+        claim_a = f"Claim 3a (continual pretraining: MoRA beats LoRA) [{domain}]"
+        claim_b = f"Claim 3b (continual pretraining: full fine-tuning stays best) [{domain}]"
+        ppl = {key: run.final["perplexity"] for key, run in best.items() if run.final.get("perplexity")}
+        evidence, beats = [], True
+        for r in sorted({r for (label, r) in ppl if label == "LoRA" and r is not None}):
+            moras = [(p, label) for (label, rank), p in ppl.items() if rank == r and label.startswith("MoRA")]
+            if not moras:
+                continue
+            (m, label), l = min(moras), ppl[("LoRA", r)]
+            beats &= m < l
+            averages = [best[key].final.get("domain_average") for key in ((label, r), ("LoRA", r))]
+            evidence.append(f"r={r}: ppl {label} {num(m)} vs LoRA {num(l)} ({m / l - 1:+.1%})"
+                            + (f", average {pct(averages[0])} vs {pct(averages[1])}" if None not in averages else ""))
+        verdicts = [Verdict(claim_a, HELD if beats else NOT_HELD, "; ".join(evidence) + " (held-out domain perplexity)")
+                    if evidence else Verdict(claim_a, NOT_TESTED, "no rank has both a LoRA and a MoRA run")]
+        adapters = {key: p for key, p in ppl.items() if key[1] is not None}
+        if ("FFT", None) in ppl and adapters:
+            closest = min(adapters, key=adapters.get)
+            verdicts.append(Verdict(claim_b, HELD if ppl["FFT", None] < adapters[closest] else NOT_HELD,
+                                    f"ppl FFT {num(ppl['FFT', None])} vs the best adapter, {closest[0]} r={closest[1]}, "
+                                    f"{num(adapters[closest])}"))
+        else:
+            verdicts.append(Verdict(claim_b, NOT_TESTED, "no FFT run beside an adapter run"))
+        return verdicts
+
+    return judge
+
+
+def _cpt_notes(domain: str) -> Callable[[list[Run]], list[str]]:
+    """Per task, each row (its best LR) beside the paper's figure; chance-level cells marked †; why a benchmark is missing."""
+
+    def notes(runs: list[Run]) -> list[str]:
+        best = [chosen for chosen, _ in best_per_group(runs, "perplexity", lower_is_better=True)]
+        ranks = _rank_map({domain: {(run.label, run.r): run for run in best}})
+        lines = []
+        for run in best:
+            described = (run.result.get("task") or {}).get("benchmarks") or {}
+            cells = []
+            for key, info in described.items():
+                if key == "domain_average":
+                    continue
+                value = run.final.get(key)
+                ours = f"n/a ({info.get('why')})" if value is None else pct(value) + ("†" if _cpt_at_chance(run, key) else "")
+                try:
+                    theirs = CPT_PAPER[domain].value(PAPER_METHODS.get(run.label), None if run.r is None else ranks[run.r], info["title"])
+                except KeyError:
+                    theirs = None
+                cells.append(f"{info['title']} {ours} / {DASH if theirs is None else f'{theirs:.1f}'}")
+            general = run.final.get("general_perplexity")
+            lines.append(f"{run.method()}: " + ", ".join(cells) + (f"; general ppl {num(general)}" if general else ""))
+        return [f"Per task (ours at the row's best LR / the paper's, {CPT_PAPER[domain].source}; † at the level of an "
+                "input-blind guesser — uniform or majority answer — within the 95% binomial interval; general ppl: the "
+                "base's own held-out general text, forgetting): " + " · ".join(lines),
+                "Benchmarks: AdaptLLM's filled-in prompts, each option scored as ' ' + option by mean token NLL (generation "
+                "to a newline for NER and ConvFinQA), AdaptLLM's metric per task (tasks/cpt/lm_eval_tasks/metrics.py).",
+                *(f"{domain} average: {why}; the paper averages all of them." for why in sorted(
+                    {((run.result.get("task") or {}).get("benchmarks") or {}).get("domain_average", {}).get("why") for run in runs} - {None}))]
+
+    return notes
+
+
 #: every task of Table 2, in the paper's column order; a task joins with one spec here
 TASK_SPECS: list[TaskSpec] = [
     TaskSpec("instruct", "Instruction tuning (Tulu v2 → MMLU)", INSTRUCT_COLUMNS,
              claims=roughly_equal_claim("Claim 2a (instruction tuning: MoRA ≈ LoRA)", INSTRUCT_COLUMNS), notes=_instruct_notes),
     TaskSpec("math", "Math (MetaMathQA → GSM8K, MATH)", MATH_COLUMNS,
              claims=roughly_equal_claim("Claim 2b (math: MoRA ≈ LoRA)", MATH_COLUMNS), notes=_math_notes),
+    *(TaskSpec(f"cpt_{domain}", f"Continual pretraining, {title} (AdaptLLM's corpus → its {title} tasks)", _cpt_columns(domain, title),
+               select="perplexity", claims=_cpt_claims(domain), notes=_cpt_notes(domain),
+               match=lambda config, d=domain: config["task"]["name"] == "cpt" and config["task"].get("domain") == d)
+      for domain, title in (("biomed", "BioMed"), ("finance", "Finance"))),
 ]
 
 
@@ -291,7 +380,8 @@ def _at_chance(run: Run, column: Column) -> bool:
 
 def _task_section(spec: TaskSpec, groups: list[tuple[Run, list[Run]]]) -> list[str]:
     keys = [column.key for column in spec.columns]
-    extra = sorted({k for _, members in groups for run in members for k in run.final} - set(keys) - {"final_loss", "response_nll"})
+    extra = sorted({k for _, members in groups for run in members for k in run.final
+                    if not k.endswith(("_n", "_chance"))} - set(keys) - {"final_loss", "response_nll", "eval_nll"})
     rows = [[run.label, run.r or DASH, fmt_lr(run.lr), *(_detail(run, k) for k in keys + extra), num(run.final.get("final_loss")),
              f"`{run.name}`", "✓" if run is chosen else ""]
             for chosen, members in groups for run in members]

@@ -5,7 +5,6 @@
 - ``benchmarks.py``  benchmark rows from pocket | hub | local, option token counts, chance levels
 - ``task.py``        ``CPTTaskConfig`` and ``CPTTask`` (packed domain text; domain and general perplexity; lm-eval)
 - ``lm_eval_tasks/`` one lm-eval YAML per benchmark and AdaptLLM's scoring (``metrics.py``)
-- ``table.py``       Table 2's BioMed and Finance columns: cells, averages, claim 3
 """
 
 from .domains import DOMAINS
