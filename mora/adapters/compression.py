@@ -56,10 +56,13 @@ wrap-pad gather, the rotation, the tile-add, and their backward twins) costs mor
   ``M · rotate_b(x_b) = (M R_b) · x_b``.  ``rotated_M`` (n·r̂² numbers, built from ``M`` in every forward,
   so the gradient flows to ``M``) is applied to the *raw* blocks, each an (unpadded, uncopied) strided view
   of ``x``, and the products are accumulated straight into ``result`` by batched matmuls with β = 1.  A
-  block that wraps around the end of ``x`` is split into two matmuls over the two contiguous pieces; tiled
-  outputs are further matmuls into the later tiles.  The schedule of these matmuls (:class:`_MatmulPlan`)
-  is built once per layer.  Backward: the same matmuls transposed, writing the input gradient in place.
-  Nothing activation-sized is saved beyond ``x`` itself, which the frozen base layer already keeps.
+  block that wraps around the end of ``x`` is split into two matmuls over its two contiguous pieces.  When
+  the block outputs are tiled (d > n·r̂, e.g. gate/up) they are computed once into a buffer and added onto
+  each tile.  The schedule of these matmuls (:class:`_MatmulPlan`) is built once per layer.  Backward: the
+  same matmuls transposed, writing the input gradient in place.  Nothing activation-sized is saved beyond
+  ``x`` itself, which the frozen base layer keeps anyway.  With fewer tokens than r̂ (generation, tiny
+  batches) rotating the activations moves fewer numbers than rotating M, and ``rope`` does that instead
+  (:meth:`BlockwiseCompression.rotates_weights`).
 * **Shared**: the slot sums are reductions over views of ``x`` (the wrapped features are a few slice
   sums, no gather), accumulated in ``M``'s dtype; the r̂ outputs are added onto every tile (or run) of
   ``result`` in place by broadcasting.  Only the (tokens × r̂) slot sums are saved.
@@ -68,8 +71,8 @@ Precision.  On a bfloat16/float16 base ``M`` is float32 (see ``layer.py``).  The
 float32 from the half-precision activations, as the reference does (no copy: reductions read half and
 accumulate in float32).  The blockwise path multiplies the half-precision activations by ``M R_b`` rounded
 to the activations' dtype, with float32 accumulation inside the matmul — what autocast does for any
-linear layer; the update is then rounded once into ``result`` (the reference rounds it twice) and ``M``'s
-gradient accumulates over blocks and tiles in float32.  Outputs and gradients agree with the float32
+linear layer; untiled, the update is rounded once into ``result`` (the reference rounds it twice); ``M``'s
+gradient is each matmul's product rounded to that dtype, accumulated over blocks and tiles in float32.  Outputs and gradients agree with the float32
 reference to within bf16 rounding; in float32 and float64 nothing is rounded differently except the order
 of sums.  ``add_to`` writes into ``result`` (the layer's fresh base output); a view or a leaf that needs a
 gradient is copied first.
@@ -121,6 +124,23 @@ def _tile(y: Tensor, width: int) -> Tensor:
     """``y`` repeated along the last dimension and cut to ``width`` features."""
     reps = math.ceil(width / y.shape[-1])
     return y.repeat(*([1] * (y.dim() - 1)), reps)[..., :width] if reps > 1 else y[..., :width]
+
+
+class _WrapPad(torch.autograd.Function):
+    """``x.index_select(-1, index)`` for the cyclic index 0, 1, …, k−1, 0, 1, … (length > k).
+
+    The backward folds the gradient's wrapped-around columns back onto the first ones (:func:`_fold`) —
+    the sums index_select's own backward forms, without its zero fill and element-wise scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.k = x.shape[-1]
+        return x.index_select(-1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return _fold(grad, ctx.k), None
 
 
 # ============================================================================ the fused path: schedules
@@ -427,6 +447,28 @@ class _AddSharedSlots(torch.autograd.Function):
         return grad, grad_x, grad_M, None, None
 
 
+class _AddTiled(torch.autograd.Function):
+    """``result += tile(y)`` in place, the columns of ``y`` repeated (and cut) over ``result``'s as ``tiles``
+    say; the backward sums ``result``'s gradient over the tiles for ``y``."""
+
+    @staticmethod
+    def forward(ctx, result: Tensor, y: Tensor, tiles: _Segments) -> Tensor:
+        out, y2 = result.view(-1, result.shape[-1]), _rows(y).to(result.dtype)
+        for tile in tiles.items:
+            tile.spread(out, y2, accumulate=True)
+        ctx.mark_dirty(result)
+        ctx.tiles, ctx.y_shape, ctx.y_dtype = tiles, y.shape, y.dtype
+        return result
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        g2 = _rows(grad)
+        grad_y = _empty_slots(g2, g2.shape[0], ctx.y_shape[-1], ctx.tiles.untouched_slots, ctx.y_dtype)
+        for tile in ctx.tiles.items:
+            tile.reduce_into(grad_y, g2)
+        return grad, grad_y.view(ctx.y_shape), None
+
+
 class _Rotate(torch.autograd.Function):
     """``v ⊙ cos + rotate_half(v) ⊙ sin`` along the last axis, ``rotate_half(v) = cat(−v[h:], v[:h])``.
 
@@ -488,7 +530,7 @@ class Compression(nn.Module, ABC):
             return x
         if length < self.in_features:
             return x[..., :length]
-        return x.index_select(-1, self.wrap_index[:length])
+        return _WrapPad.apply(x, self.wrap_index[:length])
 
     @abstractmethod
     def update(self, x: Tensor, M: Tensor) -> Tensor:
@@ -658,12 +700,13 @@ class BlockwiseCompression(Compression):
         # Blocks whose outputs survive the truncation to d; the rest are never computed.
         self.used_blocks = min(self.blocks, math.ceil(out_features / rank))
         width = self.used_blocks * rank  # the used padded inputs, and the concatenated block outputs
-        self.plan = self._plan(in_features)  # raw input blocks, wrapping around x itself
-        self.padded_plan = self._plan(width)  # already wrap-padded (and rotated) blocks
+        self.plan = self._plan()  # M · R_b on the raw blocks of x (many tokens)
+        # M on the rotated, wrap-padded blocks (few tokens): their outputs repeated over d's tiles
+        self.tiles = _Segments.schedule(_cyclic_segments(out_features, out_features, width), out_features, width)
 
-    def _plan(self, k: int) -> _MatmulPlan:
-        """The matmuls that add M's block outputs (tiled up to d) for an input of ``k`` features."""
-        d, r, width = self.out_features, self.rank, self.used_blocks * self.rank
+    def _plan(self) -> _MatmulPlan:
+        """The matmuls that add M · R_b's block outputs (tiled up to d) for the raw input."""
+        k, d, r, width = self.in_features, self.out_features, self.rank, self.used_blocks * self.rank
         pieces = [_Span(block=p // r, x_start=feature, out_start=p - p % r, rows=min(r, d - (p - p % r)),
                         col=p % r, width=size, step=r)
                   for p, feature, size in _chunks(width, k, r)]  # one tile of outputs, repeated up to d
@@ -694,10 +737,9 @@ class BlockwiseCompression(Compression):
     def add_to(self, result: Tensor, x: Tensor, M: Tensor) -> Tensor:
         if self.rotates_weights(x.numel() // max(x.shape[-1], 1)):
             return _AddBlockMatmuls.apply(_writable(result), x, self.rotated_M(M), self.plan)
-        used, r = self.used_blocks, self.rank  # few tokens: pad and rotate them (in M's dtype) instead
+        used, r = self.used_blocks, self.rank  # few tokens: pad and rotate them (in M's dtype), one matmul
         blocks = self._wrap_pad(x.to(M.dtype), used * r).unflatten(-1, (used, r))
-        return _AddBlockMatmuls.apply(_writable(result), self.rotate(blocks).flatten(-2), M.expand(used, r, r),
-                                      self.padded_plan)
+        return _AddTiled.apply(_writable(result), (self.rotate(blocks) @ M.T).flatten(-2), self.tiles)
 
     def delta_weight(self, M: Tensor) -> Tensor:
         r, k, d, used = self.rank, self.in_features, self.out_features, self.used_blocks
