@@ -130,7 +130,7 @@ def _llama2_7b_width(layers: int, **rest) -> BenchModel:
 MODELS = {
     "tiny_llama": lambda: conf_model("tiny_llama", batch=16, seq_len=128, warmup=3, steps=10),
     "llama7b_slice": lambda: _llama2_7b_width(1, vocab_size=4096, batch=1, seq_len=64, dtype="float32",
-                                              warmup=1, steps=3),
+                                              warmup=1, steps=5),
     "llama7b_4layer": lambda: _llama2_7b_width(4, vocab_size=32000, batch=4, seq_len=2048, dtype="bfloat16",
                                                warmup=3, steps=10),
 }
