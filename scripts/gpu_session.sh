@@ -10,7 +10,7 @@
 #      .git/info/exclude) what the GPU machine lacks: site.tar.xz (the packages those steps import that its image
 #      does not hold, or holds in another version — copied from .venv, cp312 wheels for compiled ones) and the
 #      SmolLM2 GGUF (98 MB) split in two, because one device call carries at most 64 MiB.  Prints the two calls.
-#   2. device call 1 (≈4 min):      run(command="bash scripts/gpu_session.sh bench",
+#   2. device call 1 (≈5 min):      run(command="bash scripts/gpu_session.sh bench",
 #                                       carry=[".gpu/site.tar.xz", ".gpu/model.part1"], timeout_s=420)
 #      GPU tests of the fused adapter path, Table 5 on the 4-layer LLaMA-2-7B-width model (bf16, 4 × 2048 tokens),
 #      bench_adapter.py --device cuda --dtype bfloat16 --tokens 8192.
@@ -103,8 +103,9 @@ sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server 
 tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers
 treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash
 yarl zipp""".split())
-# held there in another version than the suite needs (transformers 5.17 < 5.20; peft's version unknown)
-CARRY_ANYWAY = {"transformers", "peft"}
+# held there in another version than the suite needs (transformers 5.17 < 5.20; peft's version unknown), or
+# in a version transformers 5.23 may refuse at import (regex >= 2025.10.22)
+CARRY_ANYWAY = {"transformers", "peft", "regex"}
 norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
 
 modules = {line for f in (gpu_dir / "imports").glob("*.txt") for line in f.read_text().split()}
@@ -188,10 +189,12 @@ device_env() {
     export PYTHONPATH=$ROOT/$GPU_DIR/site:$ROOT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
         TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
     python3 -c "
-import json, torch, transformers, peft, accelerate
-print('torch', torch.__version__, torch.cuda.get_device_name(0), '| transformers', transformers.__version__,
-      '| peft', peft.__version__, '| accelerate', accelerate.__version__)
-print(json.load(open('$GPU_DIR/site/manifest.json'))['carried'])" || die "the packed packages do not import"
+import importlib.metadata as md, json, torch, transformers, peft, omegaconf
+print('torch', torch.__version__, torch.cuda.get_device_name(0), '|', ', '.join(f'{d} {md.version(d)}' for d in
+      ('transformers', 'peft', 'accelerate', 'huggingface-hub', 'tokenizers', 'pyarrow', 'fsspec', 'regex')))
+print('carried:', json.load(open('$GPU_DIR/site/manifest.json'))['carried'])" || die "the packed packages do not import"
+    python3 -c "import datasets, lm_eval.evaluator, deepspeed, hydra, gguf" \
+        || echo "gpu_session: WARNING: Table 1's packages do not import (above); the table1 step will fail" >&2
 }
 
 bench() {
@@ -199,11 +202,11 @@ bench() {
     exec > >(tee "$OUT/bench.log") 2>&1
     local started=$SECONDS
     echo "== GPU tests of the fused adapter path"
-    timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fused_adapter.py tests/test_layer.py
-    echo "== Table 5, GPU rows ($((SECONDS - started)) s)"
-    timeout 240 python3 scripts/bench_step.py --device cuda --runs-dir /tmp/runs/table5
+    timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fused_adapter.py tests/test_layer.py
+    echo "== Table 5, GPU rows ($((SECONDS - started)) s; each row is written as it is measured)"
+    timeout 220 python3 scripts/bench_step.py --device cuda --runs-dir /tmp/runs/table5
     echo "== adapter bench on CUDA ($((SECONDS - started)) s)"
-    timeout 75 python3 scripts/bench_adapter.py --device cuda --dtype bfloat16 --tokens 8192 --repeats 10 \
+    timeout 90 python3 scripts/bench_adapter.py --device cuda --dtype bfloat16 --tokens 8192 --repeats 10 \
         --max-seconds 40 --out results/bench_adapter-cuda.md
     tar -czf "$OUT/bench-results.tar.gz" results/runs/table5/table5-gpu-*.json results/bench_adapter-cuda.md 2>/dev/null
     echo "== done in $((SECONDS - started)) s"
