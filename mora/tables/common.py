@@ -216,6 +216,17 @@ def model_description(run: Run) -> str:
     return f"{name} ({base:,} parameters)"
 
 
+def scale_note(runs: list[Run], paper_setup: str) -> str:
+    """``Scale of these runs: model …; task … with …; N steps of global batch B. The paper: …`` — the first
+    note of a table whose runs share a task recipe, every value read from the runs."""
+    configs = [run.result["config"] for run in runs]
+    task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
+    return (f"Scale of these runs: model {distinct(model_description(run) for run in runs)}; task "
+            f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
+            f"{distinct(run.max_steps for run in runs)} steps of global batch "
+            f"{distinct(c['train']['global_batch'] for c in configs)}. The paper: {paper_setup}.")
+
+
 def lr_search_notes(groups: list[tuple[Run, list[Run]]], sweep: str | None = None) -> list[str]:
     """How well each row's learning rate was searched: swept rows, and rows that may be under-tuned.
     ``sweep``: the stem of the table's committed LR sweep (``table3-sweep``) when one was rendered beside
@@ -262,6 +273,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, out_png: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``out_png`` (creating its folder) and close it; returns the path."""
+    out_png = Path(out_png)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    pyplot().close(fig)
+    return out_png
+
+
 def draw_loss(ax, runs: list[Run]) -> None:
     """Training loss against step (log scale) on ``ax``, run i in colour ``C{i}`` (so panels of one
     figure that draw the same runs in the same order share one legend)."""
@@ -281,9 +302,4 @@ def plot_loss_curves(runs: list[Run], out_png: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     draw_loss(ax, runs)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

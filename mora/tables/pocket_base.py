@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import Rendered, code_note, draw_loss, markdown_table, model_description, num, pyplot, rendered_by, summarize
+from .common import (
+    Rendered, code_note, draw_loss, markdown_table, model_description, num, pyplot, rendered_by, save_figure, summarize,
+)
 
 NAME = "pocket_base"
 TITLE = "The pocket base model"
@@ -80,7 +82,4 @@ def _plot(run, out_png: Path) -> None:
     ppl_ax.set_ylabel("validation perplexity")
     ppl_ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Pretraining the pocket base")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)

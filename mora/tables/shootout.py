@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .common import (
     DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, fmt_lr, lr_search_notes, markdown_table,
-    model_description, num, pct, pyplot, rendered_by, summarize,
+    model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
 )
 from .table1 import claims
 
@@ -196,7 +196,4 @@ def _plot(runs: list[Run], budget: int, out_png: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"UUID memorisation at LoRA r={budget}'s budget (best learning rate per method)")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)

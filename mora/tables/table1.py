@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, distinct, draw_loss, fmt_lr,
-    committed_sweep, lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, summarize,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, delta_rank, draw_loss,
+    fmt_lr, lr_search_notes, markdown_table, num, pct, pyplot, rendered_by, save_figure, scale_note, summarize,
 )
 
 NAME = "table1"
@@ -99,13 +99,8 @@ def notes(groups: list[tuple[Run, list[Run]]], verdicts: list[Verdict], sweep: s
     paper's claims held, how well each row's learning rate was searched, and where the runs came from."""
     best = [b for b, _ in groups]
     everything = [run for _, members in groups for run in members]
-    configs = [run.result["config"] for run in everything]
-    task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
     return [
-        f"Scale of these runs: model {distinct(model_description(run) for run in everything)}; task "
-        f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
-        f"{distinct(run.max_steps for run in everything)} steps of global batch "
-        f"{distinct(c['train']['global_batch'] for c in configs)}. The paper: {paper.TABLE1_UUID.setup}.",
+        scale_note(everything, paper.TABLE1_UUID.setup),
         *(verdict.markdown() for verdict in verdicts),
         *_fft_note(best),
         *lr_search_notes(groups, sweep),
@@ -189,7 +184,4 @@ def _plot(best: list[Run], out_png: Path) -> None:
             ax.axvline(fraction * total, color="0.75", linestyle="--", linewidth=0.8, zorder=0)
     acc_ax.legend(fontsize=8)
     fig.suptitle("UUID memorisation (best learning rate per method and rank)")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import paper
 from .common import (
     DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, distinct, draw_loss, fmt_lr,
-    lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, summarize,
+    lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
 )
 
 NAME = "table2"
@@ -445,7 +445,4 @@ def _plot(groups: dict[str, list[tuple[Run, list[Run]]]], out_png: Path) -> None
         draw_loss(ax, [best for best, _ in groups[spec.task]])
         ax.set_title(spec.title)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=110)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import paper
 from .common import (
     DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, delta_rank, distinct,
-    draw_loss, fmt_lr, lr_search_notes, markdown_table, method_label, model_description, num, pyplot, rendered_by,
+    draw_loss, fmt_lr, lr_search_notes, markdown_table, method_label, model_description, num, pyplot, rendered_by, save_figure,
     summarize,
 )
 
@@ -188,7 +188,4 @@ def _plot(per_model: list[tuple[str, list[Run]]], out_png: Path) -> None:
         ppl_ax.legend(fontsize=8)
         draw_loss(loss_ax, best)
     fig.suptitle("Pretraining from scratch (best learning rate per method; dotted: restarts)")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, distinct, fmt_lr,
-    lr_search_notes, markdown_table, model_description, pct, pyplot, rendered_by, summarize,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, delta_rank, fmt_lr,
+    lr_search_notes, markdown_table, pct, pyplot, rendered_by, save_figure, scale_note, summarize,
 )
 
 NAME = "table4"
@@ -233,14 +233,8 @@ def sweep_notes(best: list[Run]) -> list[str]:
 
 def notes(groups: list[tuple[Run, list[Run]]], best: list[Run], verdicts: list[Verdict]) -> list[str]:
     everything = [run for _, members in groups for run in members]
-    configs = [run.result["config"] for run in everything]
-    task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
     return [
-        f"Scale of these runs: model {distinct(model_description(run) for run in everything)}; task "
-        f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
-        f"{distinct(run.max_steps for run in everything)} steps of global batch "
-        f"{distinct(c['train']['global_batch'] for c in configs)}. The paper: {paper.TABLE4_ABLATION.setup}, "
-        f"{paper.TABLE4_ABLATION.model}, at r=8 and r=256.",
+        scale_note(everything, f"{paper.TABLE4_ABLATION.setup}, {paper.TABLE4_ABLATION.model}, at r=8 and r=256"),
         *(verdict.markdown() for verdict in verdicts),
         f"*Close* is defined here as final char accuracies within {CLOSE_POINTS:.1f} percentage points (max − min); "
         "the paper's own spreads are 0.1 points at r=256, which it calls close, and 1.7 at r=8.",
@@ -283,10 +277,7 @@ def _plot_curves(best: list[Run], out_png: Path) -> Path:
     for ax in list(axes.flat)[len(table):]:
         ax.set_visible(False)
     fig.suptitle("UUID memorisation by MoRA compression variant")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)
     return out_png
 
 
@@ -315,8 +306,5 @@ def _plot_rank(best: list[Run], out_png: Path) -> Path:
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=8)
     fig.suptitle("MoRA compression variants against the rank")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)
     return out_png
