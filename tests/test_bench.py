@@ -4,7 +4,6 @@ adapter bench's CLI — on micro models, a step or two each."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 

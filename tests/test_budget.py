@@ -5,7 +5,6 @@ by construction, and the one-line refusals.  Every peft type's match is checked 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mora.adapters import MoraModel
 from mora.budget import lora_count, match_budget, meta_copy, search, within_budget

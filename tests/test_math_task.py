@@ -15,7 +15,6 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mora.evaluate import run_lm_eval, task_manager
 from mora.models import CHAR_TOKENIZER_DIR
-from tasks import TASKS
 from tasks.base import IGNORE_INDEX
 from tasks.math import TASK_DIR, alpaca_prompt, alpaca_segments, boxed_equal, extract_answer, last_boxed
 from tasks.math.metrics import gsm8k_results, math_results

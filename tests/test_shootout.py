@@ -36,7 +36,7 @@ def run(root, method, r, lr, acc, *, trainable, peft=None, budget_r=None, compre
 
 @pytest.fixture
 def runs(tmp_path):
-    root = tmp_path / "runs" / "shootout-sweep"
+    root = tmp_path / "runs" / "shootout"
     root.mkdir(parents=True)
     run(root, "lora", 8, 1e-3, curve(0.1, 0.2, 0.3, 0.4, 0.5), trainable=LORA8, final_loss=0.5)
     run(root, "lora", 8, 3e-3, curve(0.2, 0.4, 0.6, 0.8, 0.9), trainable=LORA8)
@@ -61,7 +61,7 @@ def row(markdown, section, prefix):
 
 
 def test_each_budget_ranks_its_methods_against_loras_count(runs, tmp_path):
-    rendered = shootout.render(load_results(runs), tmp_path / "out", "shootout-sweep")
+    rendered = shootout.render(load_results(runs), tmp_path / "out", "shootout")
     md = rendered.markdown.read_text()
     small, large = "## Budget r=8: LoRA r=8's 39,040", "## Budget r=64: LoRA r=64's 312,320"
     rows = md.split(small)[1].split("## ")[0]
@@ -77,12 +77,12 @@ def test_each_budget_ranks_its_methods_against_loras_count(runs, tmp_path):
     assert "Off budget by more than ±5%" in md and "C3A at r=8 (block_size=8: +26.6%)" in md
     assert "MoRA rope at r=8" not in md  # exactly −5.0%: within
     assert "Budget r=8, best first: MoRA rope 100.0%, MiSS 100.0%, LoRA 90.0%, C3A 30.0%." in md
-    assert rendered.plots == (tmp_path / "out" / "shootout-sweep_accuracy.png",) and rendered.plots[0].stat().st_size > 0
+    assert rendered.plots == (tmp_path / "out" / "shootout_accuracy.png",) and rendered.plots[0].stat().st_size > 0
     assert [v.verdict for v in rendered.verdicts] == [HELD, HELD]  # claim 1a at r=8; 1b at r=64 (MoRA 300, LoRA 500)
 
 
 def test_every_lr_is_listed_with_the_chosen_one(runs, tmp_path):
-    md = shootout.render(load_results(runs), tmp_path, "shootout-sweep").markdown.read_text()
+    md = shootout.render(load_results(runs), tmp_path, "shootout").markdown.read_text()
     sweep = "## Every learning rate tried"
     assert row(md, sweep, "| LoRA | 8 | r=8 | 1e-3 |")[-1] == "" and row(md, sweep, "| LoRA | 8 | r=8 | 3e-3 |")[-1] == "✓"
     assert "Only one learning rate was tried for" in md
@@ -139,3 +139,23 @@ def test_every_budget_matched_run_of_the_grid_reaches_its_budget(grid):
     assert len(budgeted) == 8  # MiSS, GraLoRA, HiRA, SHiRA at r=8 and r=64
     for cfg in budgeted.values():
         check_method(cfg)  # raises ConfigError when the budget cannot be reached
+
+
+def test_the_shootout_table_is_its_lr_sweep(capsys):
+    """``sweep: lr`` in the grid: ``python -m mora.reproduce shootout`` runs every LR (its runs are the table's own,
+    results/runs/shootout/), while Table 1's default run stays one LR per method."""
+    from mora.reproduce import main
+
+    main(["shootout", "--dry-run"])
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 66 and all(c.startswith("mora-run experiment=shootout") for c in commands)
+    assert sum("method=lora " in c and "method.r=8 " in c for c in commands) == 3  # LoRA r=8 at its three LRs
+
+
+def test_an_unknown_grid_is_one_error_line(capsys):
+    from mora.reproduce import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tabel2"])
+    assert exit_info.value.code == 2
+    assert "no grid 'tabel2': choose one of shootout, table1, table2, table3, table4" in capsys.readouterr().err

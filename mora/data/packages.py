@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,18 @@ from ..paths import BUILT_BY, cache_dir
 
 class MissingData(FileNotFoundError):
     """A data file or package the run needs is not in the cache; the message names the command that fetches it."""
+
+
+def run_build(build: Callable[[], Iterator[str]]) -> int:
+    """The body of a data builder's command line: print each line ``build()`` yields (the summary of what it
+    built) and return 0; a :class:`MissingData` on the way is one ``error:`` line on stderr and exit code 2."""
+    try:
+        for line in build():
+            print(line)
+    except MissingData as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The shoot-out (issue 9): MoRA against peft's other high-rank methods at equal trainable budgets, on UUID
 memorisation — the task where a high-rank update should matter most.
 
-Runs: ``results/runs/shootout-sweep/`` (``make reproduce-shootout``: every method over three learning
+Runs: ``results/runs/shootout/`` (``make reproduce-shootout``: every method over three learning
 rates; grid ``conf/grids/shootout.yaml``).  Writes ``<stem>.md`` — for each budget (LoRA r=8's trainable
 count and a large one), each method's best learning rate with its size knob, trainable count against the
 budget, final char accuracy and exact match, steps to 100%, the effective rank of ΔW (``mora-analyze``),
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .common import (
     DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, fmt_lr, lr_search_notes, markdown_table,
-    model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
+    model_description, pct, pyplot, rendered_by, save_figure, summarize,
 )
 from .table1 import claims
 

