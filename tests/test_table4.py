@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_runs import curve, fake_run
+from fake_runs import curve, fake_run, sft_run
 
 from mora import analyze
 from mora.reproduce import grid_overrides
@@ -54,9 +54,10 @@ def test_rows_put_the_papers_gsm8k_beside_our_uuid_numbers(tmp_path):
     md, rendered = render_table(ablation(tmp_path / "runs", **PAPER_LIKE), tmp_path / "out")
     assert "table4" in TABLES
     assert row(md, "| truncation | 8 |") == ["truncation", "8", "—", "1e-2", "800", "59.5", "1.6", "—", "1.0", "4.0 (128)",
-                                            "59.5 (r=8)", "pending the math task"]
+                                            "59.5 (r=8)"]
     # pocket r=64 stands for the paper's large rank, r=256
-    assert row(md, "| rotation (rope) | 64 |")[-2:] == ["67.9 (r=256)", "pending the math task"]
+    assert row(md, "| rotation (rope) | 64 |")[-1] == "67.9 (r=256)"
+    assert "## Math" not in md  # no math runs: no math table
     assert row(md, "| rotation (rope) | 8 |")[5:9] == ["100.0", "100.0", "900", "4.0"]
     assert row(md, "| decouple | 64 |")[7] == "700"
     # rows in the paper's order: by rank, then truncation, sharing, decouple, rotation
@@ -119,7 +120,7 @@ def test_rank_sweep_says_where_rotation_stops_helping(tmp_path):
     assert "All three reach 100% final char accuracy from **r=8** on." in md
     # a variant's table draws no spectrum, and its GSM8K figure appears only at the paper's own rank
     assert [p.name for p in rendered.plots] == ["table4-sweep-rank_curves.png", "table4-sweep-rank_rank.png"]
-    assert row(md, "| rotation (rope) | 8 |")[-2] == "64.2 (r=8)" and row(md, "| rotation (rope) | 16 |")[-2] == "—"
+    assert row(md, "| rotation (rope) | 8 |")[-1] == "64.2 (r=8)" and row(md, "| rotation (rope) | 16 |")[-1] == "—"
 
 
 def test_main_table_draws_the_committed_delta_spectrum(tmp_path):
@@ -144,8 +145,8 @@ def test_only_mora_compression_runs_belong_in_the_ablation(tmp_path):
 
 
 def test_grid_and_rank_sweep():
-    main = grid_overrides("table4", "pocket", None)
-    assert len(main) == 8 and all("experiment=table4" in point for point in main)
+    main = [p for p in grid_overrides("table4", "pocket", None) if "experiment=table4" in p]  # UUID (math: below)
+    assert len(main) == 8
     assert {(p[-3].split("=")[1], p[-2], p[-1]) for p in main} == {
         (c, f"method.r={r}", f"optim.lr={lr}") for c in table4.VARIANTS for r, lr in ((8, 0.01), (64, 0.003))}
     sweep = grid_overrides("table4", "pocket", "rank")
@@ -154,3 +155,47 @@ def test_grid_and_rank_sweep():
     assert len(sweep) == 18 and {p[-1] for p in sweep} == {"optim.lr=0.01"}
     # the sweep's r=8 runs are the main grid's: the same overrides, so the same run directories
     assert sum(point in main for point in sweep) == 3
+
+
+# ------------------------------------------------------------------------------------------ the math half
+def math_ablation(root, small: dict, large: dict, gsm8k: float = 0.0):
+    """Fake math runs (Table 2's task) of the variants at r=8 and r=64; ``small``/``large``: compression → perplexity."""
+    for r, ppls in ((8, small), (64, large)):
+        for compression, ppl in ppls.items():
+            sft_run(root, "math", "mora", r, 3e-3, ppl, compression=compression, gsm8k_answer_is=gsm8k)
+            sft_run(root, "math", "mora", r, 1e-2, ppl + 1, compression=compression, gsm8k_answer_is=gsm8k)  # a worse LR
+    return root
+
+
+def test_math_runs_get_their_own_table_and_claim5_verdicts(tmp_path):
+    runs = ablation(tmp_path / "runs", **PAPER_LIKE)
+    math_ablation(runs, small={"truncation": 60.0, "sharing": 59.0, "decouple": 58.5, "rope": 58.0},
+                  large={"truncation": 57.0, "sharing": 55.2, "decouple": 55.0, "rope": 55.1})
+    md, rendered = render_table(runs, tmp_path / "out")
+    # every variant and rank at its best LR by response perplexity (3e-3), GSM8K over its 40 problems
+    assert row(md, "| rotation (rope) | 8 | — | 3e-3 |") == ["rotation (rope)", "8", "—", "3e-3", "0.0 (40)", "64.2 (r=8)", "58", "—"]
+    assert row(md, "| truncation | 64 | — | 3e-3 |")[4:7] == ["0.0 (40)", "66.6 (r=256)", "57"]
+    math_verdicts = {v.claim: v for v in rendered.verdicts if "[math]" in v.claim}
+    a, b = (next(v for c, v in math_verdicts.items() if c.startswith(f"Claim 5{x} ")) for x in "ab")
+    assert a.verdict == HELD and "by response perplexity" in a.evidence and "rope 58" in a.evidence
+    assert b.verdict == HELD and "spread 0.4%" in b.evidence  # 55.2 / 55.0 − 1, within 1%
+    assert len(rendered.verdicts) == 4  # UUID 5a, 5b and math 5a, 5b
+
+
+def test_math_claims_by_gsm8k_once_it_is_off_the_floor(tmp_path):
+    runs = math_ablation(tmp_path / "runs", small={"sharing": 3.0, "decouple": 3.0, "rope": 3.0},
+                         large={"sharing": 3.0, "decouple": 3.0, "rope": 3.0}, gsm8k=0.5)
+    verdicts = table4.render(load_results(runs), tmp_path / "out", "table4").verdicts
+    a, b = verdicts
+    assert "by GSM8K" in a.evidence and a.verdict == NOT_HELD  # a tie is not rotation helping
+    assert b.verdict == HELD and "spread 0.0 points" in b.evidence
+
+
+def test_the_grid_runs_the_math_half_through_table2s_math_task():
+    """The math rows are Table 2's ``experiment=table2_math`` runs: the two it shares with Table 2 (rope r=8,
+    sharing r=64) have the same overrides, so the same run directories, trained once."""
+    math = [p for p in grid_overrides("table4", "pocket", None) if "experiment=table2_math" in p]
+    assert {(p[-3].split("=")[1], int(p[-2].split("=")[1])) for p in math} == {
+        (c, r) for c in table4.VARIANTS for r in (8, 64)}
+    table2 = grid_overrides("table2", "pocket", None)
+    assert sum(point in table2 for point in math) == 2
