@@ -234,3 +234,15 @@ def test_paper_figures_are_the_specs():
     assert [(c.slowdown, c.source) for c in paper.COST_CLAIMS] == [(1.03, "arXiv v1 §4"), (1.15, "ICLR 2025 reviews")]
     with pytest.raises(KeyError, match="no row MoRA r=16"):
         paper.TABLE1_UUID.value("MoRA", 16, 300)
+
+
+def test_a_best_lr_at_an_end_of_its_grid_is_flagged(tmp_path):
+    """Three LRs tried and the best is the largest (or smallest): the note says the optimum may lie beyond."""
+    from mora.tables.common import best_per_group, lr_search_notes
+
+    for lr, final in ((1e-3, 0.3), (3e-3, 0.5), (1e-2, 0.7)):  # LoRA: best at the largest
+        fake_run(tmp_path, "lora", 8, lr, curve(0.1, 0.1, 0.1, 0.1, final))
+    for lr, final in ((1e-3, 0.3), (3e-3, 0.9), (1e-2, 0.7)):  # MoRA: best inside the grid
+        fake_run(tmp_path, "mora", 8, lr, curve(0.1, 0.1, 0.1, 0.1, final), compression="rope")
+    notes = lr_search_notes(best_per_group([summarize(r) for r in load_results(tmp_path)], "char_acc"))
+    assert "Best at an end of the LRs tried, so the optimum may lie beyond the grid: LoRA r=8 (1e-2, the largest of 3)." in notes

@@ -236,6 +236,11 @@ def lr_search_notes(groups: list[tuple[Run, list[Run]]], sweep: str | None = Non
     notes = []
     if swept:
         notes.append("Learning rates swept for " + ", ".join(swept) + "; each row above shows its best.")
+    # a best LR at either end of three or more tried: the optimum may lie outside what was searched
+    edge = [f"{best.method()} ({fmt_lr(best.lr)}, the {'largest' if best.lr == max(lrs) else 'smallest'} of {len(lrs)})"
+            for best, members in groups if len(lrs := sorted({run.lr for run in members})) >= 3 and best.lr in (lrs[0], lrs[-1])]
+    if edge:
+        notes.append("Best at an end of the LRs tried, so the optimum may lie beyond the grid: " + ", ".join(edge) + ".")
     if untuned and sweep:
         notes.append(f"One learning rate per row here ({', '.join(untuned)}): the grid's, chosen by the committed sweep "
                      f"[{sweep}.md]({sweep}.md), which shows every learning rate tried.")
