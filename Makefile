@@ -109,5 +109,5 @@ reproduce-table2: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DAT
 .PHONY: reproduce-shootout
 # MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3 LRs
 # (conf/grids/shootout.yaml, `sweep: lr`: the table is its sweep) → results/shootout.md (mora/tables/shootout.py)
-reproduce-shootout: $(STAMP)
+reproduce-shootout: $(STAMP) $(BASE) $(DOMAIN_CORPORA)
 	$(PY) -m mora.reproduce shootout --jobs 2

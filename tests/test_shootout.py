@@ -123,11 +123,21 @@ def test_the_grid_runs_every_method_at_both_budgets_over_three_lrs(grid):
     from mora.run import run_name
 
     names = [run_name(cfg, o) for cfg, o in grid]
-    assert len(names) == len(set(names)) == 66
-    labels = {method_label({"method": OmegaConf.to_container(cfg.method)}) for cfg, _ in grid}
-    assert labels == {"LoRA", "DoRA", "MoRA rope", "MoRA sharing", "MiSS", "GraLoRA", "HiRA", "RandLoRA", "C3A",
-                      "SHiRA", "VeRA", "FFT"}
-    assert all(cfg.train.max_steps == 500 and cfg.experiment == "shootout" for cfg, _ in grid)
+    assert len(names) == len(set(names)) == 66 + 36
+    uuid = [(cfg, o) for cfg, o in grid if cfg.experiment == "shootout"]
+    cpt = [(cfg, o) for cfg, o in grid if cfg.experiment == "table2_cpt"]
+    assert len(uuid) == 66 and len(cpt) == 36  # the second family: 12 methods at the small budget × 3 LRs
+    for runs in (uuid, cpt):
+        labels = {method_label({"method": OmegaConf.to_container(cfg.method)}) for cfg, _ in runs}
+        assert labels == {"LoRA", "DoRA", "MoRA rope", "MoRA sharing", "MiSS", "GraLoRA", "HiRA", "RandLoRA", "C3A",
+                          "SHiRA", "VeRA", "FFT"}
+    assert all(cfg.train.max_steps == 500 and cfg.task.name == "uuid" for cfg, _ in uuid)
+    assert all(cfg.task.name == "cpt" and cfg.task.domain == "finance" for cfg, _ in cpt)
+    # LoRA, DoRA, MoRA rope and FFT on finance are Table 2's own runs: the same overrides, trained once
+    from mora.reproduce import grid_overrides
+
+    table2 = grid_overrides("table2", "pocket", "lr")
+    assert sum(o in table2 for _, o in cpt) == 12
 
 
 @pytest.mark.slow
@@ -135,7 +145,9 @@ def test_every_budget_matched_run_of_the_grid_reaches_its_budget(grid):
     """The preflight of every distinct ``budget_r`` run (what mora-run checks before training)."""
     from mora.preflight import check_method
 
-    budgeted = {(cfg.method.peft_type, cfg.method.budget_r): cfg for cfg, _ in grid if cfg.method.budget_r}
+    # on the UUID model (the pocket base of the second family is built by `make pocket-base`, which tests do not run)
+    budgeted = {(cfg.method.peft_type, cfg.method.budget_r): cfg for cfg, _ in grid
+                if cfg.method.budget_r and cfg.experiment == "shootout"}
     assert len(budgeted) == 8  # MiSS, GraLoRA, HiRA, SHiRA at r=8 and r=64
     for cfg in budgeted.values():
         check_method(cfg)  # raises ConfigError when the budget cannot be reached
@@ -148,8 +160,8 @@ def test_the_shootout_table_is_its_lr_sweep(capsys):
 
     main(["shootout", "--dry-run"])
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == 66 and all(c.startswith("mora-run experiment=shootout") for c in commands)
-    assert sum("method=lora " in c and "method.r=8 " in c for c in commands) == 3  # LoRA r=8 at its three LRs
+    assert len(commands) == 102 and sum(c.startswith("mora-run experiment=shootout") for c in commands) == 66
+    assert sum("method=lora " in c and "method.r=8 " in c and "experiment=shootout" in c for c in commands) == 3
 
 
 def test_an_unknown_grid_is_one_error_line(capsys):
@@ -159,3 +171,39 @@ def test_an_unknown_grid_is_one_error_line(capsys):
         main(["tabel2"])
     assert exit_info.value.code == 2
     assert "no grid 'tabel2': choose one of shootout, table1, table2, table3, table4" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- continual pretraining
+def cpt_run(root, method, r, lr, ppl, *, trainable, general=80.0, **kwargs):
+    """A fake continual-pretraining run (finance) of the shoot-out: ``run`` rewritten to task=cpt."""
+    scratch = root.parent / "scratch"  # written apart: its UUID name may be taken in root
+    scratch.mkdir(exist_ok=True)
+    run(scratch, method, r, lr, curve(0, 0, 0, 0, 0), trainable=trainable, **kwargs)
+    path = next(scratch.iterdir())
+    new = path.rename(root / ("cpt-" + path.name.removeprefix("uuid-") + "-domain=finance"))
+    result = json.loads((new / "result.json").read_text())
+    result["name"], result["config"]["task"] = new.name, {"name": "cpt", "domain": "finance", "seq_len": 256}
+    result["metrics"] = {"perplexity": ppl, "general_perplexity": general, "final_loss": 3.0}
+    (new / "result.json").write_text(json.dumps(result))
+
+
+def test_continual_pretraining_is_a_second_column_family(runs, tmp_path):
+    cpt_run(runs, "lora", 8, 1e-3, 70.0, trainable=78_080)
+    cpt_run(runs, "lora", 8, 3e-3, 60.0, trainable=78_080, general=95.0)
+    cpt_run(runs, "mora", 8, 3e-3, 55.0, trainable=77_000, compression="rope", rank_summary={"128x128": 62})
+    cpt_run(runs, "peft", 8, 3e-3, 65.0, trainable=79_680, budget_r=8, peft={"type": "MISS", "r": 15})
+    cpt_run(runs, "fft", 8, 1e-3, 40.0, trainable=1_315_968, general=150.0)
+    md = shootout.render(load_results(runs), tmp_path, "shootout").markdown.read_text()
+    section = "## Second family: continual pretraining (finance)"
+    # LoRA's own count on the cpt model (78,080) defines this family's budget; rows best first by domain perplexity
+    assert "### Budget r=8: LoRA r=8's 78,080 trainable parameters" in md
+    assert row(md, section, "| MoRA rope |") == ["MoRA rope", "r̂=62", "3e-3", "77,000", "-1.4%", "55", "80", "—", "1200", "700"]
+    assert row(md, section, "| LoRA |")[2:7] == ["3e-3", "78,080", "+0.0%", "60", "95"]  # its better LR
+    assert row(md, section, "| FFT |")[5:7] == ["40", "150"]
+    order = [line.split("|")[1].strip() for line in md.split(section)[1].split("### Every")[0].splitlines()
+             if line.startswith("| ") and not line.startswith("| method")]
+    assert order == ["MoRA rope", "LoRA", "MiSS", "FFT"]
+    assert "Continual pretraining (finance), budget r=8, best first by domain perplexity: MoRA rope 55, LoRA 60, MiSS 65." in md
+    assert "| LoRA | 8 | r=8 | 1e-3 | 70 | 80 |" in md  # every LR tried
+    # the UUID family is untouched: its budgets are still LoRA's counts on the UUID model
+    assert f"## Budget r=8: LoRA r=8's {LORA8:,} trainable parameters" in md

@@ -1,5 +1,6 @@
 """The shoot-out (issue 9): MoRA against peft's other high-rank methods at equal trainable budgets, on UUID
-memorisation — the task where a high-rank update should matter most.
+memorisation — the task where a high-rank update should matter most — and, as a second column family, on
+continual pretraining (``task=cpt``: held-out domain perplexity, and forgetting on the base's own text).
 
 Runs: ``results/runs/shootout/`` (``make reproduce-shootout``: every method over three learning
 rates; grid ``conf/grids/shootout.yaml``).  Writes ``<stem>.md`` — for each budget (LoRA r=8's trainable
@@ -7,7 +8,9 @@ count and a large one), each method's best learning rate with its size knob, tra
 budget, final char accuracy and exact match, steps to 100%, the effective rank of ΔW (``mora-analyze``),
 step time and peak memory; every learning rate tried; claim 1 of the paper judged on these runs
 (:func:`mora.tables.table1.claims`) and notes computed from the runs — and ``<stem>_accuracy.png``, eval
-char accuracy against step for every method at the small budget.
+char accuracy against step for every method at the small budget.  The continual-pretraining runs (Table 2's
+``experiment=table2_cpt``, so the rows both share are trained once) get their own section per budget: each
+method's best learning rate by held-out domain perplexity, with the same size, budget, rank and cost columns.
 
 A run's budget is its ``method.budget_r``, else its ``method.r`` (LoRA, DoRA, MoRA: their knob is the rank);
 a peft type sized by hand — one whose knob cannot land within ±5% of any budget — joins the budget whose
@@ -25,12 +28,12 @@ from pathlib import Path
 
 from .common import (
     DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, fmt_lr, lr_search_notes, markdown_table,
-    model_description, pct, pyplot, rendered_by, save_figure, summarize,
+    model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
 )
 from .table1 import claims
 
 NAME = "shootout"
-TITLE = "Shoot-out — high-rank PEFT methods at equal budgets (UUID memorisation)"
+TITLE = "Shoot-out — high-rank PEFT methods at equal budgets (UUID memorisation, continual pretraining)"
 
 
 def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "") -> Rendered:
@@ -39,7 +42,8 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
 
     if not results:
         raise ValueError(f"{NAME}: no results to render")
-    runs, lora_counts = with_budgets([summarize(r) for r in results])
+    everything = [summarize(r) for r in results]
+    runs, lora_counts = with_budgets([run for run in everything if _task(run) != "cpt"])
     groups = best_per_group(runs, "char_acc")
     best = [b for b, _ in groups]
     budgets = sorted(lora_counts)
@@ -56,6 +60,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
               "✓" if run is chosen else ""]
              for chosen, members in groups for run in members]
     image = os.path.relpath(out_png, out_md.parent)
+    cpt_sections, cpt_notes = cpt_family([run for run in everything if _task(run) == "cpt"])
     text = "\n\n".join([
         f"# {TITLE}",
         rendered_by(NAME, results),
@@ -72,14 +77,19 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         "## Every learning rate tried (was any row under-tuned?)",
         markdown_table(["method", "budget r", "size", "lr", "final char acc", "final exact match", "steps to 100%",
                         "run", "chosen"], sweep),
+        *cpt_sections,
         "## Notes",
-        "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts)),
+        "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts) + cpt_notes),
         *([f"**How this scale was chosen** (from `conf/grids/{NAME}.yaml`): {about.strip()}"] if about else []),
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     _plot([run for run in best if run.r == budgets[0]] + fft, budgets[0], out_png)
     return Rendered(markdown=out_md, plots=(out_png,), verdicts=tuple(verdicts))
+
+
+def _task(run: Run) -> str:
+    return run.result["config"]["task"]["name"]
 
 
 HEADERS = ["method", "size", "lr", "trainable", "vs LoRA", "final char acc", "final exact match", "steps to 100%",
@@ -178,6 +188,59 @@ def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verd
         lines.append(f"No ΔW analysis for {', '.join(missing)}: `mora-analyze runs/<name>` on their run "
                      "directories and collect their result.json again.")
     return lines + lr_search_notes(groups) + [code_note(everything)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The second column family: continual pretraining
+# ---------------------------------------------------------------------------------------------------
+
+CPT_HEADERS = ["method", "size", "lr", "trainable", "vs LoRA", "domain ppl", "general ppl (forgetting)", "ΔW eff. rank",
+               "ms/step", "peak MB"]
+
+
+def cpt_family(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """The continual-pretraining sections (one table per budget, every LR tried) and their notes; nothing when
+    there are no cpt runs.  Rows: each method's best LR by held-out domain perplexity (lower is better)."""
+    if not runs:
+        return [], []
+    runs, lora_counts = with_budgets(runs)
+    groups = best_per_group(runs, "perplexity", lower_is_better=True)
+    best = [b for b, _ in groups]
+    fft = [run for run in best if run.family == "fft"]
+    domain = distinct(run.result["config"]["task"].get("domain") for run in runs)
+    sections = [f"## Second family: continual pretraining ({domain})",
+                "The same methods at the same budgets, continually pretraining the pocket base on the pocket "
+                f"{domain} corpus (Table 2's `experiment=table2_cpt`). *domain ppl*: perplexity on held-out {domain} "
+                "documents, which chooses each row's learning rate; *general ppl*: perplexity on the base's own held-out "
+                "text (forgetting). Rows best first; other columns as above."]
+    lines = []
+    for r in sorted(lora_counts):
+        rows = sorted((run for run in best if run.r == r), key=_perplexity) + fft
+        sections += [f"### Budget r={r}: LoRA r={r}'s {lora_counts[r]:,} trainable parameters",
+                     markdown_table(CPT_HEADERS, [_cpt_row(run, lora_counts) for run in rows])]
+        lines.append(f"Continual pretraining ({domain}), budget r={r}, best first by domain perplexity: " + ", ".join(
+            f"{run.label} {num(_perplexity(run))}" for run in rows if run.family != "fft") + ".")
+    sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), num(run.final.get("perplexity")),
+              num(run.final.get("general_perplexity")), f"`{run.name}`", "✓" if run is chosen else ""]
+             for chosen, members in groups for run in members]
+    sections += ["### Every learning rate tried (continual pretraining)",
+                 markdown_table(["method", "budget r", "size", "lr", "domain ppl", "general ppl", "run", "chosen"], sweep)]
+    return sections, lines + [f"Continual pretraining: {line}" for line in lr_search_notes(groups)]
+
+
+def _perplexity(run: Run) -> float:
+    return run.final.get("perplexity", math.inf)
+
+
+def _cpt_row(run: Run, lora_counts: dict[int, int]) -> list:
+    rank, step_ms = delta_rank(run), ms_per_step(run)
+    peak = run.result.get("timing", {}).get("peak_mem_mb")
+    return [
+        run.label, size(run), fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}",
+        _vs_lora(run, lora_counts), num(run.final.get("perplexity")), num(run.final.get("general_perplexity")),
+        DASH if rank is None else f"{rank:.1f}", DASH if step_ms is None else f"{step_ms:.0f}",
+        DASH if peak is None else f"{peak:,.0f}",
+    ]
 
 
 def _plot(runs: list[Run], budget: int, out_png: Path) -> None:

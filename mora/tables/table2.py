@@ -135,7 +135,9 @@ def roughly_equal_claim(claim: str, columns: tuple[Column, ...]) -> Callable[[di
 
 def _instruct_notes(runs: list[Run]) -> list[str]:
     return ["MMLU columns: lm-eval's standard MMLU prompt (question, four lettered choices, `Answer:`), accuracy over "
-            "all questions scored; 5-shot takes the first five dev questions of the same subject."]
+            "all questions scored; 5-shot takes the first five dev questions of the same subject. lm-eval cuts a prompt "
+            "longer than the model's context from the left (the pocket base has 1,024 positions), so the longest 5-shot "
+            "prompts lose part of their first examples — never the question itself."]
 
 
 def _math_notes(runs: list[Run]) -> list[str]:
