@@ -54,7 +54,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
     for r in budgets:
         rows = sorted((run for run in best if run.r == r), key=_rank_key) + fft
         sections += [f"## Budget r={r}: LoRA r={r}'s {lora_counts[r]:,} trainable parameters",
-                     markdown_table(HEADERS, [_row(run, lora_counts) for run in rows])]
+                     markdown_table(HEADERS, [_uuid_row(run, lora_counts) for run in rows])]
     sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), pct(run.final.get("char_acc")),
               pct(run.final.get("exact_match")), run.first_step_reaching("char_acc", 1.0) or DASH, f"`{run.name}`",
               "✓" if run is chosen else ""]
@@ -148,15 +148,21 @@ def _vs_lora(run: Run, lora_counts: dict[int, int]) -> str:
     return f"{run.trainable / lora_counts[run.r] - 1:+.1%}"
 
 
-def _row(run: Run, lora_counts: dict[int, int]) -> list:
+def _row(run: Run, lora_counts: dict[int, int], scores: list) -> list:
+    """A table row: the method and its budget, then ``scores`` (the family's own columns), then ΔW's effective
+    rank and the run's cost."""
     rank, step_ms = delta_rank(run), ms_per_step(run)
     peak = run.result.get("timing", {}).get("peak_mem_mb")
     return [
         run.label, size(run), fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}",
-        _vs_lora(run, lora_counts), pct(run.final.get("char_acc")), pct(run.final.get("exact_match")),
-        run.first_step_reaching("char_acc", 1.0) or DASH, DASH if rank is None else f"{rank:.1f}",
+        _vs_lora(run, lora_counts), *scores, DASH if rank is None else f"{rank:.1f}",
         DASH if step_ms is None else f"{step_ms:.0f}", DASH if peak is None else f"{peak:,.0f}",
     ]
+
+
+def _uuid_row(run: Run, lora_counts: dict[int, int]) -> list:
+    return _row(run, lora_counts, [pct(run.final.get("char_acc")), pct(run.final.get("exact_match")),
+                                   run.first_step_reaching("char_acc", 1.0) or DASH])
 
 
 def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts) -> list[str]:
@@ -233,14 +239,7 @@ def _perplexity(run: Run) -> float:
 
 
 def _cpt_row(run: Run, lora_counts: dict[int, int]) -> list:
-    rank, step_ms = delta_rank(run), ms_per_step(run)
-    peak = run.result.get("timing", {}).get("peak_mem_mb")
-    return [
-        run.label, size(run), fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}",
-        _vs_lora(run, lora_counts), num(run.final.get("perplexity")), num(run.final.get("general_perplexity")),
-        DASH if rank is None else f"{rank:.1f}", DASH if step_ms is None else f"{step_ms:.0f}",
-        DASH if peak is None else f"{peak:,.0f}",
-    ]
+    return _row(run, lora_counts, [num(run.final.get("perplexity")), num(run.final.get("general_perplexity"))])
 
 
 def _plot(runs: list[Run], budget: int, out_png: Path) -> None:
