@@ -118,7 +118,7 @@ def test_the_grid_runs_each_task_under_its_experiment_and_paper_only_rows_at_pap
             if cfg.task.name in ("instruct", "math"):
                 assert cfg.task.data.source == ("pocket" if scale == "pocket" else "hub")
     sweep = grid_overrides("table2", "pocket", "lr")
-    assert sum(p[0] == "experiment=table2_math" for p in sweep) == 27  # 9 rows × 3 LRs
+    assert sum(p[0] == "experiment=table2_math" for p in sweep) == 34  # 9 rows × 3 LRs, 7 extended by a 4th (an end won)
 
 
 def test_grid_runs_may_add_overrides_and_exist_at_one_scale_only(tmp_path, monkeypatch):

@@ -220,11 +220,18 @@ def scale_note(runs: list[Run], paper_setup: str) -> str:
     """``Scale of these runs: model …; task … with …; N steps of global batch B. The paper: …`` — the first
     note of a table whose runs share a task recipe, every value read from the runs."""
     configs = [run.result["config"] for run in runs]
-    task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
+    task_options = distinct(", ".join(_option(k, v) for k, v in c["task"].items() if k != "name") for c in configs)
     return (f"Scale of these runs: model {distinct(model_description(run) for run in runs)}; task "
             f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
             f"{distinct(run.max_steps for run in runs)} steps of global batch "
             f"{distinct(c['train']['global_batch'] for c in configs)}. The paper: {paper_setup}.")
+
+
+def _option(key: str, value) -> str:
+    """``key=value``; a nested block (a task's data or benchmark source) by its ``source`` alone, e.g. ``data.source=pocket``."""
+    if isinstance(value, dict):
+        return f"{key}.source={value.get('source')}" if "source" in value else f"{key}=…"
+    return f"{key}={value}"
 
 
 def lr_search_notes(groups: list[tuple[Run, list[Run]]], sweep: str | None = None) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, distinct, draw_loss, fmt_lr,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, distinct, draw_loss, fmt_lr,
     lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
 )
 
@@ -283,12 +283,12 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         markdown_table(*_main_rows(best, footnotes)),
         "Each cell: ours / the paper's (" + paper.TABLE2_FINETUNING.cited() + "), accuracy in %; *ppl* is held-out "
         "response perplexity (ours only; lower is better). Each task's cells come from the row's best learning rate on "
-        "that task by held-out response perplexity. " + " ".join(f"{mark} {text}" for text, mark in footnotes.items()),
+        "that task by its held-out perplexity (of the responses; continual pretraining: of domain text). " + " ".join(f"{mark} {text}" for text, mark in footnotes.items()),
         f"![training loss per task]({out_png.name})",
     ]
     for spec in TASK_SPECS:
         if spec.task in groups:
-            sections += _task_section(spec, groups[spec.task])
+            sections += _task_section(spec, groups[spec.task], committed_sweep(out_dir, NAME, stem))
     unknown = sorted({run.result["config"]["task"]["name"] for run in runs if not any(spec.owns(run) for spec in TASK_SPECS)})
     sections += [
         f"## The paper ({paper.TABLE2_FINETUNING.cited()})",
@@ -380,7 +380,8 @@ def _at_chance(run: Run, column: Column) -> bool:
     return abs(value - column.chance) <= Z95 * math.sqrt(column.chance * (1 - column.chance) / n)
 
 
-def _task_section(spec: TaskSpec, groups: list[tuple[Run, list[Run]]]) -> list[str]:
+def _task_section(spec: TaskSpec, groups: list[tuple[Run, list[Run]]], sweep: str | None = None) -> list[str]:
+    """A task's every-LR table and notes; ``sweep``: the committed LR sweep the rows' single LRs came from."""
     keys = [column.key for column in spec.columns]
     extra = sorted({k for _, members in groups for run in members for k in run.final
                     if not k.endswith(("_n", "_chance"))} - set(keys) - {"final_loss", "response_nll", "eval_nll"})
@@ -391,7 +392,7 @@ def _task_section(spec: TaskSpec, groups: list[tuple[Run, list[Run]]]) -> list[s
     return [
         f"## {spec.title}: every learning rate tried",
         markdown_table(["method", "r", "lr", *keys, *extra, "final loss", "run", "chosen"], rows),
-        "\n".join(f"- {line}" for line in [*_data_notes(everything), *spec.notes(everything), *lr_search_notes(groups)]),
+        "\n".join(f"- {line}" for line in [*_data_notes(everything), *spec.notes(everything), *lr_search_notes(groups, sweep)]),
     ]
 
 
@@ -414,8 +415,9 @@ def _data_notes(runs: list[Run]) -> list[str]:
 
     def encoding(result: dict) -> str:
         stats = ((result.get("task") or {}).get("encoding") or {}).get("train")
-        if not stats:
-            return "?"
+        if not stats:  # a language-modelling task (continual pretraining) packs its text: nothing is cut or dropped
+            seq_len = result["config"]["task"].get("seq_len")
+            return f"packed into blocks of {seq_len} tokens, every token trained" if seq_len else "?"
         return (f"{stats['examples']:,} of {stats['rows']:,} examples, {stats['truncated']:,} truncated to "
                 f"{stats['max_length']} tokens, {stats['dropped']:,} dropped with no response token left")
 
