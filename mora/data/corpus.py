@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,6 +150,23 @@ def build_corpus(out_dir: str | Path, sources: list[TextSource], validation_frac
     }
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def summary(manifest: dict, extra: Iterable[str] = ()) -> str:
+    """A few lines on a corpus built by :func:`build_corpus`: each source's documents and characters per split,
+    the totals, ``extra`` lines (what a task adds: its benchmarks, say), then its tokens where it was tokenized."""
+    lines = [f"{manifest['name']}: {manifest['description']}"]
+    for s in manifest["sources"]:
+        lines.append(f"  {s['name']:<30} {s['package']} {s['version']:<18} train {s['train']['documents']:>6,} docs "
+                     f"{s['train']['characters']:>11,} chars   validation {s['validation']['documents']:>5,} docs")
+    t = manifest["totals"]
+    lines.append(f"  total: train {t['train']['documents']:,} docs / {t['train']['characters']:,} chars; "
+                 f"validation {t['validation']['documents']:,} docs / {t['validation']['characters']:,} chars")
+    lines += extra
+    if tokens := manifest.get("tokens"):
+        lines.append(f"  tokens ({tokens['tokenizer']}): train {tokens['train']:,}, validation {tokens['validation']:,}; "
+                     f"{t['train']['characters'] / tokens['train']:.2f} characters per token")
+    return "\n".join(lines)
 
 
 def load_manifest(corpus_dir: str | Path, fix: str) -> dict:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from mora.data.corpus import build_corpus, load_manifest, write_manifest
+from mora.data.corpus import build_corpus, load_manifest, write_manifest, summary as corpus_summary
 from mora.data.packages import MissingData, fetch, run_build
 from mora.paths import cache_path
 
@@ -119,17 +119,13 @@ def check_built(domain: str) -> dict:
 
 
 def summary(manifest: dict) -> str:
-    lines = [f"{manifest['name']}: {manifest['description']}"]
-    for s in manifest["sources"]:
-        lines.append(f"  text {s['name']:<30} {s['package']} {s['version']:<12} train {s['train']['documents']:>6,} docs "
-                     f"{s['train']['characters']:>10,} chars   held out {s['validation']['documents']:>5,} docs")
-    for b in manifest.get("benchmarks", []):
-        lines.append(f"  benchmark {b['title']:<10} {b['rows']:>5,} rows  {b['package']} {b['version']}: {b['description']}")
+    """The corpus summary (:func:`mora.data.corpus.summary`) with the domain's pocket benchmarks and held-out items."""
     held = manifest["held_out_evaluation_items"]
-    lines.append(f"  {held['questions']:,} evaluation questions kept out of the text; {held['documents_dropped']} text documents dropped")
-    if tokens := manifest.get("tokens"):
-        lines.append(f"  tokens ({tokens['tokenizer']}): train {tokens['train']:,}, held out {tokens['validation']:,}")
-    return "\n".join(lines)
+    return corpus_summary(manifest, [
+        *(f"  benchmark {b['title']:<10} {b['rows']:>5,} rows  {b['package']} {b['version']}: {b['description']}"
+          for b in manifest.get("benchmarks", [])),
+        f"  {held['questions']:,} evaluation questions kept out of the text; {held['documents_dropped']} text documents dropped",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

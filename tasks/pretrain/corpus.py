@@ -39,7 +39,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from mora.data.corpus import TextSource, build_corpus, jsonl_field, load_manifest, whole_file, write_manifest
+from mora.data.corpus import TextSource, build_corpus, jsonl_field, load_manifest, summary, whole_file, write_manifest
 from mora.data.packages import DEB, PYPI, run_build
 from mora.data.tokenizer import train_bpe
 from mora.paths import cache_path
@@ -95,20 +95,6 @@ def _count_tokens(tokenizer, split: str) -> int:
         total += sum(map(len, tokenizer(batch, add_special_tokens=False)["input_ids"]))
     return total
 
-
-def summary(manifest: dict) -> str:
-    lines = [f"{manifest['name']}: {manifest['description']}"]
-    for s in manifest["sources"]:
-        lines.append(f"  {s['name']:<22} {s['package']} {s['version']:<18} train {s['train']['documents']:>6,} docs "
-                     f"{s['train']['characters']:>11,} chars   validation {s['validation']['documents']:>4,} docs")
-    t = manifest["totals"]
-    lines.append(f"  total: train {t['train']['documents']:,} docs / {t['train']['characters']:,} chars; "
-                 f"validation {t['validation']['documents']:,} docs / {t['validation']['characters']:,} chars")
-    if "tokens" in manifest:
-        tok = manifest["tokens"]
-        lines.append(f"  tokens ({tok['tokenizer']}): train {tok['train']:,}, validation {tok['validation']:,}; "
-                     f"{t['train']['characters'] / tok['train']:.2f} characters per token")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
