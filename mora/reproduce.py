@@ -27,6 +27,8 @@ import argparse
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,6 +74,43 @@ def run_in_subprocess(overrides: list[str], label: str) -> int:
     return child.returncode
 
 
+class Progress:
+    """One line per run as it ends — how many are done, the time so far, an ETA — and a closing summary.
+    Runs already finished before the start (``finished``: their labels) are skipped in seconds: the ETA is the
+    mean time of the runs trained so far times the number still to train."""
+
+    def __init__(self, total: int, finished: set[str], clock=time.monotonic):
+        self.total, self.finished, self.clock = total, finished, clock
+        self.start, self.done, self.trained = clock(), 0, 0
+        self.lock = threading.Lock()
+
+    def track(self, run):
+        """``run`` (``(overrides, label) -> exit code``), reporting each run as it ends."""
+        def tracked(overrides: list[str], label: str) -> int:
+            code = run(overrides, label)
+            with self.lock:
+                self.done += 1
+                self.trained += label not in self.finished
+                print(f"reproduce: {self.done}/{self.total} done ({label}{'' if code == 0 else f': exit {code}'}) "
+                      f"· {_minutes(self.clock() - self.start)} so far{self._eta()}", flush=True)
+            return code
+        return tracked
+
+    def _eta(self) -> str:
+        left = self.total - len(self.finished) - self.trained
+        if not self.trained or left <= 0:
+            return ""
+        return f" · ETA ≈ {_minutes((self.clock() - self.start) / self.trained * left)}"
+
+    def summary(self) -> str:
+        return (f"{self.total} run(s) ({len(self.finished)} already finished, {self.trained} trained) in "
+                f"{_minutes(self.clock() - self.start)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def compose_run(overrides: list[str]):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -105,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print("\n".join("mora-run " + " ".join(overrides) for overrides in points))
         return
+    progress = Progress(len(points), finished={d.name for d in run_dirs if (d / "result.json").is_file()})
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        codes = list(pool.map(run_in_subprocess, points, [d.name for d in run_dirs]))
+        codes = list(pool.map(progress.track(run_in_subprocess), points, [d.name for d in run_dirs]))
     if failed := [d.name for d, code in zip(run_dirs, codes) if code]:
         sys.exit(f"reproduce: {len(failed)} run(s) failed: {', '.join(failed)}")
     sweep_name = "" if sweep == default_sweep else {None: "", "lr": "sweep", "rank": "sweep-rank"}[sweep]
@@ -116,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     collected.mkdir(parents=True)
     for run_dir in run_dirs:
         shutil.copy(run_dir / "result.json", collected / f"{run_dir.name}.json")
-    render_all(REPO_ROOT / "results" / "runs", REPO_ROOT / "results")  # every table and the index
+    reports = render_all(REPO_ROOT / "results" / "runs", REPO_ROOT / "results")  # every table and the index
+    print(f"reproduce: {progress.summary()}; results in {collected.relative_to(REPO_ROOT)}/; "
+          f"re-rendered {len(reports)} table(s) in results/", flush=True)
 
 
 if __name__ == "__main__":

@@ -333,3 +333,27 @@ def test_sweep_runs_each_point_once_then_skips_and_force_reruns(tmp_path):
     assert (runs / dirs[0] / "result.json").stat().st_mtime_ns != stamps[dirs[0]]
     assert (runs / dirs[1] / "result.json").stat().st_mtime_ns == stamps[dirs[1]]
     assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == dirs
+
+
+def test_reproduce_reports_each_run_as_it_ends_with_an_eta_over_the_runs_still_to_train(capsys):
+    from mora.reproduce import Progress
+
+    now = [0.0]
+    progress = Progress(4, finished={"done-before"}, clock=lambda: now[0])
+    durations = {"done-before": 5, "a": 60, "b": 60, "c": 90}
+    codes = {"c": 1}
+
+    def fake_run(overrides, label):
+        now[0] += durations[label]
+        return codes.get(label, 0)
+
+    run = progress.track(fake_run)
+    assert [run([], label) for label in durations] == [0, 0, 0, 1]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "reproduce: 1/4 done (done-before) · 0m05s so far",            # a skipped run: nothing to estimate from
+        "reproduce: 2/4 done (a) · 1m05s so far · ETA ≈ 2m10s",        # 65 s per trained run, 2 still to train
+        "reproduce: 3/4 done (b) · 2m05s so far · ETA ≈ 1m02s",
+        "reproduce: 4/4 done (c: exit 1) · 3m35s so far",
+    ]
+    assert progress.summary() == "4 run(s) (1 already finished, 3 trained) in 3m35s"

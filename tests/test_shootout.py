@@ -117,16 +117,17 @@ def grid():
 
 
 @pytest.mark.slow
-def test_the_grid_runs_every_method_at_both_budgets_over_three_lrs(grid):
+def test_the_grid_runs_every_method_at_both_budgets_over_three_lrs_and_one_beyond_an_end_that_won(grid):
     from omegaconf import OmegaConf
 
     from mora.run import run_name
 
     names = [run_name(cfg, o) for cfg, o in grid]
-    assert len(names) == len(set(names)) == 66 + 36
+    assert len(names) == len(set(names)) == 77 + 47
     uuid = [(cfg, o) for cfg, o in grid if cfg.experiment == "shootout"]
     cpt = [(cfg, o) for cfg, o in grid if cfg.experiment == "table2_cpt"]
-    assert len(uuid) == 66 and len(cpt) == 36  # the second family: 12 methods at the small budget × 3 LRs
+    # 3 LRs per row, and a fourth one ×3 step beyond an end that won: 11 of the 22 UUID rows, 11 of the 12 cpt rows
+    assert len(uuid) == 66 + 11 and len(cpt) == 36 + 11  # the second family: 12 methods at the small budget
     for runs in (uuid, cpt):
         labels = {method_label({"method": OmegaConf.to_container(cfg.method)}) for cfg, _ in runs}
         assert labels == {"LoRA", "DoRA", "MoRA rope", "MoRA sharing", "MiSS", "GraLoRA", "HiRA", "RandLoRA", "C3A",
@@ -137,7 +138,7 @@ def test_the_grid_runs_every_method_at_both_budgets_over_three_lrs(grid):
     from mora.reproduce import grid_overrides
 
     table2 = grid_overrides("table2", "pocket", "lr")
-    assert sum(o in table2 for _, o in cpt) == 12
+    assert sum(o in table2 for _, o in cpt) == 16
 
 
 @pytest.mark.slow
@@ -160,7 +161,7 @@ def test_the_shootout_table_is_its_lr_sweep(capsys):
 
     main(["shootout", "--dry-run"])
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == 102 and sum(c.startswith("mora-run experiment=shootout") for c in commands) == 66
+    assert len(commands) == 124 and sum(c.startswith("mora-run experiment=shootout") for c in commands) == 77
     assert sum("method=lora " in c and "method.r=8 " in c and "experiment=shootout" in c for c in commands) == 3
 
 
