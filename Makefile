@@ -12,7 +12,7 @@
 #   make reproduce-table2 fine-tuning: instruct (MMLU), math (GSM8K), biomed/finance continual pretraining, every baseline (SCALE=paper: 8-GPU jobs)
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
-#   make reproduce-shootout MoRA vs peft's high-rank methods at equal budgets, UUID, 66 runs (≈35 min on 2 cores) → results/shootout.md
+#   make reproduce-shootout MoRA vs peft's high-rank methods at equal budgets: UUID ≈35 min + finance cpt ≈21 min → results/shootout.md
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed

@@ -208,3 +208,32 @@ def test_continual_pretraining_is_a_second_column_family(runs, tmp_path):
     assert "| LoRA | 8 | r=8 | 1e-3 | 70 | 80 |" in md  # every LR tried
     # the UUID family is untouched: its budgets are still LoRA's counts on the UUID model
     assert f"## Budget r=8: LoRA r=8's {LORA8:,} trainable parameters" in md
+
+
+def test_rank_against_score_is_spearmans_rho_with_the_counter_examples():
+    """ρ over the methods of a budget, ties sharing their mean rank; the lowest-rank update that memorised and
+    the highest-rank one that did not; nothing when there is no spread to correlate."""
+    from dataclasses import replace
+
+    from mora.tables.shootout import _ranks, rank_against_score
+
+    assert _ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    template = summarize(json.loads(json.dumps({
+        "name": "x", "config": {"method": {"name": "lora", "r": 8}, "optim": {"lr": 1e-3}, "train": {"max_steps": 10},
+                                "task": {"name": "uuid"}},
+        "curves": {}, "metrics": {}})))
+
+    def method(label, rank, acc):
+        return replace(template, label=label, final={"char_acc": acc},
+                       result={**template.result, "analysis": {"overall": {"effective_rank": rank}}})
+
+    rows = [method("A", 10.0, 1.0), method("B", 90.0, 0.4), method("C", 60.0, 1.0), method("D", 5.0, 0.3)]
+    line, = rank_against_score(rows, "Budget r=8", "final char accuracy", lambda run: run.final["char_acc"],
+                               memorised=lambda run: run.final["char_acc"] >= 1)
+    # ranks by ΔW rank: A 2, B 4, C 3, D 1; by accuracy: A 3.5, B 2, C 3.5, D 1 → ρ = 0.316
+    assert line == ("Budget r=8: ΔW effective rank against final char accuracy, Spearman ρ = +0.32 over 4 methods; "
+                    "the lowest-rank update that memorised every UUID: A (10.0), the highest-rank one that did not: "
+                    "B (90.0).")
+    assert rank_against_score(rows[:2], "b", "s", lambda run: run.final["char_acc"]) == []  # too few to correlate
+    same = [method(m.label, delta, 1.0) for m, delta in zip(rows, (1, 2, 3, 4))]
+    assert rank_against_score(same, "b", "s", lambda run: run.final["char_acc"]) == []  # every score equal

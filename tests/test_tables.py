@@ -246,3 +246,26 @@ def test_a_best_lr_at_an_end_of_its_grid_is_flagged(tmp_path):
         fake_run(tmp_path, "mora", 8, lr, curve(0.1, 0.1, 0.1, 0.1, final), compression="rope")
     notes = lr_search_notes(best_per_group([summarize(r) for r in load_results(tmp_path)], "char_acc"))
     assert "Best at an end of the LRs tried, so the optimum may lie beyond the grid: LoRA r=8 (1e-2, the largest of 3)." in notes
+
+
+def test_what_was_run_lists_each_methods_lrs_once_per_task(tmp_path):
+    """A table spanning tasks (Table 2, the shoot-out) lists each task's methods apart, every LR once; a peft
+    type sized by its own knob rather than a budget is named by that knob."""
+    import json
+
+    from fake_runs import sft_run
+
+    from mora.tables.index import what_was_run
+
+    for task in ("math", "instruct"):
+        for lr in (1e-3, 3e-3):
+            sft_run(tmp_path / task, task, "lora", 8, lr, ppl=5.0)
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/result.json"))]
+    c3a = json.loads(json.dumps(results[0]))
+    c3a["config"]["method"] = {"name": "peft", "peft_type": "C3A", "r": 8}
+    c3a["params"]["peft"] = {"type": "C3A", "block_size": 8}
+    runs = [summarize(result) for result in [*results, c3a]]
+    assert runs[-1].r is None and runs[-1].method() == "C3A block_size=8"
+    assert what_was_run(runs) == ("*instruct*: C3A block_size=8 (lr 1e-3); LoRA r=8 (lr 1e-3, 3e-3) — "
+                                  "*math*: LoRA r=8 (lr 1e-3, 3e-3)")
+    assert what_was_run(runs[:2]) == "LoRA r=8 (lr 1e-3, 3e-3)"

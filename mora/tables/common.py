@@ -79,7 +79,7 @@ class Run:
     name: str
     family: str  # the method's config name plus "re" for restarts: "lora", "mora", "relora", "fft", ...
     label: str
-    r: int | None  # None for full fine-tuning
+    r: int | None  # None for full fine-tuning, and for a peft type sized by its own knob rather than a budget
     lr: float
     trainable: int | None
     max_steps: int
@@ -88,8 +88,12 @@ class Run:
     result: dict
 
     def method(self) -> str:
-        """``LoRA r=8``, ``FFT``: the method and rank, as notes name a row."""
-        return self.label + (f" r={self.r}" if self.r is not None else "")
+        """``LoRA r=8``, ``FFT``, ``C3A block_size=8``: the method and its rank (a peft type's budget, else the
+        size knob it was given), as notes name a row."""
+        if self.r is not None:
+            return f"{self.label} r={self.r}"
+        knob = {k: v for k, v in self.result.get("params", {}).get("peft", {}).items() if k != "type"}
+        return " ".join([self.label, *(f"{k}={v}" for k, v in knob.items())])
 
     def legend(self) -> str:
         return f"{self.method()} lr={fmt_lr(self.lr)}"
@@ -120,7 +124,7 @@ def summarize(result: dict) -> Run:
         name=result["name"],
         family=("re" if method.get("restart_every") else "") + method["name"],
         label=method_label(config),
-        r=None if method["name"] == "fft" else method.get("r"),
+        r=None if method["name"] == "fft" else method.get("budget_r") if method["name"] == "peft" else method.get("r"),
         lr=config["optim"]["lr"],
         trainable=result.get("params", {}).get("trainable"),
         max_steps=max_steps,
@@ -138,11 +142,11 @@ def delta_rank(run: Run, key: str = "effective_rank") -> float | None:
 
 
 def group_by_method(runs: Iterable[Run]) -> list[list[Run]]:
-    """Runs grouped by (method label, r), each group by learning rate, in the paper's row order: FFT
+    """Runs grouped by (method, r) (:meth:`Run.method`), each group by learning rate, in the paper's row order: FFT
     first, then by rank, then by label."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.label, run.r), []).append(run)
+        groups.setdefault((run.method(), run.r), []).append(run)
     order = sorted(groups, key=lambda key: (key[1] is not None, key[1] or 0, key[0]))
     return [sorted(groups[key], key=lambda run: run.lr) for key in order]
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..paths import CONF_DIR
 from .common import (
-    HELD, NOT_HELD, NOT_TESTED, distinct, fmt_lr, group_by_method, markdown_table, model_description, summarize,
+    HELD, NOT_HELD, NOT_TESTED, Run, distinct, fmt_lr, group_by_method, markdown_table, model_description,
+    summarize,
 )
 
 if TYPE_CHECKING:
@@ -64,8 +65,7 @@ def _title(report: Report) -> str:
 def _section(report: Report, link) -> str:
     runs = [summarize(result) for result in report.results]
     configs = [run.result["config"] for run in runs]
-    methods = "; ".join(f"{group[0].method()} (lr {', '.join(fmt_lr(run.lr) for run in group)})"
-                        for group in group_by_method(runs))
+    methods = what_was_run(runs)
     # a table's runs come from its grid (pocket_base: from an experiment; table5: from a benchmark's own command)
     configs_of = (("grid", CONF_DIR / "grids"), ("experiment", CONF_DIR / "experiment"))
     source = next((f"{kind} `{(d / report.table.NAME).relative_to(CONF_DIR.parent)}.yaml`" for kind, d in configs_of
@@ -85,6 +85,22 @@ def _section(report: Report, link) -> str:
                             "".join(f"\n  - {verdict.markdown()}" for verdict in report.rendered.verdicts)),
     ]
     return f"## [{_title(report)}]({link(report.rendered.markdown)})\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def what_was_run(runs: list[Run]) -> str:
+    """Each method with its rank and the learning rates it ran at; per task when the table spans several
+    (Table 2, the shoot-out), so that a method's LRs on one task are not mixed with another's."""
+    by_task: dict[str, list[Run]] = {}
+    for run in runs:  # a benchmark's step measurement has no task
+        by_task.setdefault((run.result["config"].get("task") or {}).get("name", "benchmark"), []).append(run)
+
+    def methods(group_runs: list[Run]) -> str:
+        return "; ".join(f"{group[0].method()} (lr {', '.join(fmt_lr(lr) for lr in sorted({run.lr for run in group}))})"
+                         for group in group_by_method(group_runs))
+
+    if len(by_task) == 1:
+        return methods(runs)
+    return " — ".join(f"*{task}*: {methods(task_runs)}" for task, task_runs in by_task.items())
 
 
 def _scale(report: Report) -> str:

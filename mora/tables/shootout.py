@@ -8,7 +8,7 @@ count and a large one), each method's best learning rate with its size knob, tra
 budget, final char accuracy and exact match, steps to 100%, the effective rank of ΔW (``mora-analyze``),
 step time and peak memory; every learning rate tried; claim 1 of the paper judged on these runs
 (:func:`mora.tables.table1.claims`) and notes computed from the runs — and ``<stem>_accuracy.png``, eval
-char accuracy against step for every method at the small budget.  The continual-pretraining runs (Table 2's
+char accuracy against step for every method, one panel per budget.  The continual-pretraining runs (Table 2's
 ``experiment=table2_cpt``, so the rows both share are trained once) get their own section per budget: each
 method's best learning rate by held-out domain perplexity, with the same size, budget, rank and cost columns.
 
@@ -73,7 +73,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         "*ΔW eff. rank*: the mean over the adapted layers of the effective rank of the learned update "
         "(`mora-analyze`). *ms/step*: tokens per step over the median throughput of the run's logging intervals "
         "(evaluation excluded). *peak MB*: the run's peak memory (CPU: the process's peak resident set).",
-        f"![char accuracy against step at the small budget]({image})",
+        f"![char accuracy against step at each budget]({image})",
         "## Every learning rate tried (was any row under-tuned?)",
         markdown_table(["method", "budget r", "size", "lr", "final char acc", "final exact match", "steps to 100%",
                         "run", "chosen"], sweep),
@@ -84,7 +84,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
-    _plot([run for run in best if run.r == budgets[0]] + fft, budgets[0], out_png)
+    _plot(best, budgets, lora_counts, out_png)
     return Rendered(markdown=out_md, plots=(out_png,), verdicts=tuple(verdicts))
 
 
@@ -137,9 +137,13 @@ def ms_per_step(run: Run) -> float | None:
     return 1000 * tokens / run.max_steps / statistics.median(rates)
 
 
+def _char_acc(run: Run) -> float:
+    return run.final.get("char_acc", 0.0)
+
+
 def _rank_key(run: Run) -> tuple:
     reached = run.first_step_reaching("char_acc", 1.0)
-    return (-run.final.get("char_acc", -1.0), reached if reached is not None else math.inf, run.label)
+    return (-_char_acc(run), reached if reached is not None else math.inf, run.label)
 
 
 def _vs_lora(run: Run, lora_counts: dict[int, int]) -> str:
@@ -165,6 +169,41 @@ def _uuid_row(run: Run, lora_counts: dict[int, int]) -> list:
                                    run.first_step_reaching("char_acc", 1.0) or DASH])
 
 
+def rank_against_score(rows: list[Run], where: str, score_name: str, score, memorised=None) -> list[str]:
+    """Does a higher-rank update score better?  Spearman's ρ between ΔW's effective rank and ``score`` over the
+    methods of one budget (the methods' best LRs), and — where ``memorised`` splits them — the lowest-rank update
+    that memorised and the highest-rank one that did not: the counter-examples to "rank is what matters"."""
+    pairs = [(delta_rank(run), score(run), run) for run in rows]
+    pairs = [(rank, value, run) for rank, value, run in pairs if rank is not None and math.isfinite(value)]
+    if len(pairs) < 3 or len({v for _, v, _ in pairs}) < 2 or len({k for k, _, _ in pairs}) < 2:
+        return []
+    rho = statistics.correlation(_ranks([k for k, _, _ in pairs]), _ranks([v for _, v, _ in pairs]))
+    line = f"{where}: ΔW effective rank against {score_name}, Spearman ρ = {rho:+.2f} over {len(pairs)} methods"
+    if memorised:
+        yes = [(rank, run) for rank, _, run in pairs if memorised(run)]
+        no = [(rank, run) for rank, _, run in pairs if not memorised(run)]
+        if yes and no:
+            (low, low_run), (high, high_run) = min(yes, key=lambda p: p[0]), max(no, key=lambda p: p[0])
+            line += (f"; the lowest-rank update that memorised every UUID: {low_run.label} ({low:.1f}), "
+                     f"the highest-rank one that did not: {high_run.label} ({high:.1f})")
+    return [line + "."]
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, tied values sharing their mean rank (what Spearman's ρ correlates)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
 def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts) -> list[str]:
     """The notes under the table, every sentence computed from the runs."""
     from ..budget import within_budget
@@ -185,6 +224,8 @@ def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verd
         if rows:
             lines.append(f"Budget r={r}, best first: " + ", ".join(
                 f"{run.label} {pct(run.final.get('char_acc'))}%" for run in rows) + ".")
+            lines += rank_against_score(rows, f"Budget r={r}", "final char accuracy", _char_acc,
+                                        memorised=lambda run: _char_acc(run) >= 1)
     off = [f"{run.label} at r={run.r} ({size(run)}: {_vs_lora(run, lora_counts)})" for run in best
            if run.r is not None and run.trainable and not within_budget(run.trainable, lora_counts[run.r])]
     if off:
@@ -226,6 +267,9 @@ def cpt_family(runs: list[Run]) -> tuple[list[str], list[str]]:
                      markdown_table(CPT_HEADERS, [_cpt_row(run, lora_counts) for run in rows])]
         lines.append(f"Continual pretraining ({domain}), budget r={r}, best first by domain perplexity: " + ", ".join(
             f"{run.label} {num(_perplexity(run))}" for run in rows if run.family != "fft") + ".")
+        lines += rank_against_score([run for run in rows if run.family != "fft"],
+                                    f"Continual pretraining ({domain}), budget r={r}",
+                                    "domain perplexity (lower is better)", _perplexity)
     sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), num(run.final.get("perplexity")),
               num(run.final.get("general_perplexity")), f"`{run.name}`", "✓" if run is chosen else ""]
              for chosen, members in groups for run in members]
@@ -242,20 +286,30 @@ def _cpt_row(run: Run, lora_counts: dict[int, int]) -> list:
     return _row(run, lora_counts, [num(run.final.get("perplexity")), num(run.final.get("general_perplexity"))])
 
 
-def _plot(runs: list[Run], budget: int, out_png: Path) -> None:
-    """Eval char accuracy against step, one line per method (its best learning rate)."""
+def _plot(best: list[Run], budgets: list[int], lora_counts: dict[int, int], out_png: Path) -> None:
+    """Eval char accuracy against step, one panel per budget, one line per method (its best learning rate, in
+    the table); a method keeps its colour in every panel — ten colours in the small budget's ranking, then the
+    same ones dotted — and FFT is dashed black.  One legend beside the panels."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for i, run in enumerate(sorted(runs, key=_rank_key)):  # ten colours, then the same ones dotted; FFT dashed
-        points = sorted((step, 100 * m["char_acc"]) for step, m in run.evals.items() if "char_acc" in m)
-        if points:
-            style = "--" if run.family == "fft" else "-" if i < 10 else ":"
-            ax.plot(*zip(*points), color=f"C{i % 10}", marker="o", markersize=3, linestyle=style,
-                    label=f"{run.label} lr={fmt_lr(run.lr)}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("eval char accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"UUID memorisation at LoRA r={budget}'s budget (best learning rate per method)")
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets) + 2, 5), sharey=True, squeeze=False)
+    order = sorted(best, key=lambda run: (run.r != budgets[0], *_rank_key(run)))
+    styles = {"FFT": ("k", "--")}
+    for run in order:
+        styles.setdefault(run.label, (f"C{(len(styles) - 1) % 10}", "-" if len(styles) <= 10 else ":"))
+    for ax, budget in zip(axes[0], budgets):
+        for run in (run for run in order if run.r == budget or run.family == "fft"):
+            points = sorted((step, 100 * m["char_acc"]) for step, m in run.evals.items() if "char_acc" in m)
+            color, style = styles[run.label]
+            if points:
+                ax.plot(*zip(*points), color=color, marker="o", markersize=3, linestyle=style, label=run.label)
+        ax.set_xlabel("step")
+        ax.set_ylim(-2, 102)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"LoRA r={budget}'s budget ({lora_counts[budget]:,} trainable)")
+    axes[0][0].set_ylabel("eval char accuracy (%)")
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    labels = [label for label in styles if label in handles]  # beside the last panel, where tight_layout sees it
+    axes[0][-1].legend([handles[label] for label in labels], labels, fontsize=8, loc="center left",
+                       bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("UUID memorisation at equal trainable budgets (each method at its best learning rate)")
     save_figure(fig, out_png)
