@@ -72,7 +72,9 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         "*Steps to 100%*: the first evaluation at 100% char accuracy (resolution: the evaluation interval). "
         "*ΔW eff. rank*: the mean over the adapted layers of the effective rank of the learned update "
         "(`mora-analyze`). *ms/step*: tokens per step over the median throughput of the run's logging intervals "
-        "(evaluation excluded). *peak MB*: the run's peak memory (CPU: the process's peak resident set).",
+        "(evaluation excluded). *peak MB*: the run's peak memory (CPU: the process's peak resident set). Both are "
+        "measured in the run itself; `make reproduce-shootout` trains two runs at a time on a 2-core machine, so "
+        "compare rows with each other, not with one run on an idle machine.",
         f"![char accuracy against step at each budget]({image})",
         "## Every learning rate tried (was any row under-tuned?)",
         markdown_table(["method", "budget r", "size", "lr", "final char acc", "final exact match", "steps to 100%",
@@ -217,6 +219,8 @@ def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verd
         f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
         f"{distinct(run.max_steps for run in everything)} steps of global batch "
         f"{distinct(c['train']['global_batch'] for c in configs)}.",
+        f"One seed per run (train.seed {distinct(c['train'].get('seed') for c in configs)}): a gap of a few points "
+        "between two methods is not tested against seed-to-seed variation, which was not measured.",
         *(verdict.markdown() for verdict in verdicts),
     ]
     for r in sorted(lora_counts):
