@@ -124,7 +124,7 @@ def summarize(result: dict) -> Run:
         name=result["name"],
         family=("re" if method.get("restart_every") else "") + method["name"],
         label=method_label(config),
-        r=None if method["name"] == "fft" else method.get("budget_r") if method["name"] == "peft" else method.get("r"),
+        r=_row_rank(method),
         lr=config["optim"]["lr"],
         trainable=result.get("params", {}).get("trainable"),
         max_steps=max_steps,
@@ -132,6 +132,14 @@ def summarize(result: dict) -> Run:
         evals=evals,
         result=result,
     )
+
+
+def _row_rank(method: dict) -> int | None:
+    """The rank a run stands at in a table: its budget (``method.budget_r``: LoRA-R's trainable count) where it
+    was sized to one, else ``method.r``; None for full fine-tuning and for a peft type sized by its own knob."""
+    if method["name"] == "fft":
+        return None
+    return method.get("budget_r") or (None if method["name"] == "peft" else method.get("r"))
 
 
 def delta_rank(run: Run, key: str = "effective_rank") -> float | None:

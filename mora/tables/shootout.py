@@ -108,13 +108,8 @@ def with_budgets(runs: list[Run]) -> tuple[list[Run], dict[int, int]]:
 
 def budget_of(run: Run, lora_counts: dict[int, int]) -> int | None:
     """The LoRA rank whose trainable count the run stands against (see the module docstring)."""
-    method = run.result["config"]["method"]
-    if run.family == "fft":
-        return None
-    if method.get("budget_r"):
-        return method["budget_r"]
-    if method["name"] != "peft":
-        return method["r"]
+    if run.family == "fft" or run.r is not None:
+        return run.r
     return min(lora_counts, key=lambda r: abs(math.log(run.trainable / lora_counts[r])))
 
 
