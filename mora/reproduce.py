@@ -3,13 +3,15 @@
     python -m mora.reproduce table1                  # pocket scale, one LR per method  (make reproduce-table1)
     python -m mora.reproduce table1 sweep=lr         # each method over its LR grid; the table keeps the best
     python -m mora.reproduce table4 sweep=rank       # the runs that have an r_grid, at each of its ranks
+    python -m mora.reproduce shootout sweep=seed     # the runs that have a seed_grid, at their lr, once per seed
     python -m mora.reproduce table1 scale=paper      # LLaMA-2-7B on GPUs (see conf/grids/table1.yaml)
     python -m mora.reproduce table1 --dry-run        # print the mora-run commands instead
 
 The grid lives in ``conf/grids/<table>.yaml``: the runs of the table, each a method with its rank,
 learning rate and other method settings (``set``), each either one value or one per scale; optionally
-``lr_grid`` (the LRs of ``sweep=lr``) and ``r_grid`` (the ranks of ``sweep=rank``, which runs only the
-entries that have one); for a table spanning several tasks (Table 2), ``experiment`` (the run's
+``lr_grid`` (the LRs of ``sweep=lr``), ``r_grid`` (the ranks of ``sweep=rank``, which runs only the
+entries that have one) and ``seed_grid`` (the seeds of ``sweep=seed``: the entries that have one, each at its
+``lr``, once per seed — seed-to-seed variation at the chosen LR); for a table spanning several tasks (Table 2), ``experiment`` (the run's
 ``conf/experiment/`` file, default ``<table>``) and ``overrides`` (more ``mora-run`` arguments, e.g.
 ``[task.domain=finance]``: part of the run's name); and ``only`` (a scale: the run exists at that scale only).
 A grid whose table *is* its LR sweep (the shoot-out: every method keeps its best of three LRs) says
@@ -17,8 +19,8 @@ A grid whose table *is* its LR sweep (the shoot-out: every method keeps its best
 the table's own (``results/runs/<table>/``).
 Every run is ``mora-run experiment=<its experiment> <overrides>`` (same name, same directory, same
 resume/skip rules), trained in a child process (``--jobs`` of them at once), and its ``result.json`` copied to
-``results/runs/<table>[-paper][-sweep[-rank]]/`` — the committed files ``make tables`` renders from
-(``results/<table>[-paper][-sweep[-rank]].md``).
+``results/runs/<table>[-paper][-sweep[-rank|-seed]]/`` — the committed files ``make tables`` renders from
+(``results/<table>[-paper][-sweep[-rank|-seed]].md``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]
     for variant, run in ((v, r) for v in variants for r in grid.runs):
         common = [f"experiment={run.get('experiment') or table}", *([f"scale={scale}"] if scale != "pocket" else []), *variant,
                   *run.get("overrides", [])]
-        if (sweep == "rank" and "r_grid" not in run) or run.get("only") not in (None, scale):
+        if (sweep in GRIDS and GRIDS[sweep] not in run) or run.get("only") not in (None, scale):
             continue
         settings = {k: v[scale] if isinstance(v, DictConfig) else v for k, v in (run.get("set") or {}).items()}
         # a dotted key (peft_kwargs.block_size) is an entry of a free-form dict, which Hydra adds with ++
@@ -60,9 +62,15 @@ def grid_overrides(table: str, scale: str, sweep: str | None) -> list[list[str]]
         else:  # fft has no rank; peft types are sized by set: budget_r or peft_kwargs.*
             ranks = [run.r[scale]] if run.get("r") is not None else [None]
         lrs = run.lr_grid[scale] if sweep == "lr" else [run.lr[scale]]
-        points += [[*common, *method, *([f"method.r={r}"] if r is not None else []), f"optim.lr={lr}"]
-                   for r in ranks for lr in lrs]
+        seeds = list(run.seed_grid[scale]) if sweep == "seed" else [None]  # None: the config's train.seed
+        points += [[*common, *method, *([f"method.r={r}"] if r is not None else []), f"optim.lr={lr}",
+                    *([f"train.seed={seed}"] if seed is not None else [])]
+                   for r in ranks for lr in lrs for seed in seeds]
     return points
+
+
+#: the sweeps that run only the grid entries holding their grid (``sweep=lr`` runs every entry over its lr_grid)
+GRIDS = {"rank": "r_grid", "seed": "seed_grid"}
 
 
 def run_in_subprocess(overrides: list[str], label: str) -> int:
@@ -119,7 +127,7 @@ def compose_run(overrides: list[str]):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", help="a grid in conf/grids/, e.g. table1")
-    parser.add_argument("options", nargs="*", help="scale=pocket|paper, sweep=lr|rank")
+    parser.add_argument("options", nargs="*", help="scale=pocket|paper, sweep=lr|rank|seed")
     parser.add_argument("--dry-run", action="store_true", help="print the mora-run commands and stop")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process "
                         "(CPU pocket scale: one per core, with launcher.cpu_threads=1)")
@@ -131,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no grid {args.table!r}: choose one of {tables} (conf/grids/)")
     default_sweep = OmegaConf.load(grid_file).get("sweep")  # the table is its LR sweep (the shoot-out)
     scale, sweep = options.get("scale", "pocket"), options.get("sweep", default_sweep)
-    if sweep not in (None, "lr", "rank"):
-        parser.error(f"sweep={sweep}: choose sweep=lr (each run over its lr_grid) or sweep=rank (over its r_grid)")
+    if sweep not in (None, "lr", "rank", "seed"):
+        parser.error(f"sweep={sweep}: choose sweep=lr (each run over its lr_grid), sweep=rank (over its r_grid) or "
+                     "sweep=seed (over its seed_grid)")
 
     from .tables import render_all
 
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         codes = list(pool.map(progress.track(run_in_subprocess), points, [d.name for d in run_dirs]))
     if failed := [d.name for d, code in zip(run_dirs, codes) if code]:
         sys.exit(f"reproduce: {len(failed)} run(s) failed: {', '.join(failed)}")
-    sweep_name = "" if sweep == default_sweep else {None: "", "lr": "sweep", "rank": "sweep-rank"}[sweep]
+    sweep_name = "" if sweep == default_sweep else {None: "", "lr": "sweep", "rank": "sweep-rank", "seed": "sweep-seed"}[sweep]
     variant = "-".join(v for v in (args.table, scale if scale != "pocket" else "", sweep_name) if v)
     collected = REPO_ROOT / "results" / "runs" / variant
     shutil.rmtree(collected, ignore_errors=True)

@@ -165,6 +165,20 @@ def test_the_shootout_table_is_its_lr_sweep(capsys):
     assert sum("method=lora " in c and "method.r=8 " in c and "experiment=shootout" in c for c in commands) == 3
 
 
+def test_sweep_seed_reruns_each_uuid_row_at_its_lr_once_per_seed(grid):
+    """``sweep=seed``: the 22 UUID rows (those with a seed_grid) at their ``lr`` with seeds 42, 43 and 44; seed 42
+    is the LR sweep's own run (same overrides but the seed, which is the config's default: the same name)."""
+    from mora.reproduce import compose_run, grid_overrides
+    from mora.run import run_name
+
+    points = grid_overrides("shootout", "pocket", "seed")
+    assert len(points) == 22 * 3 and all(p[0] == "experiment=shootout" for p in points)
+    assert [p[-1] for p in points[:3]] == ["train.seed=42", "train.seed=43", "train.seed=44"]
+    names = [run_name(compose_run(p), p) for p in points[:3]]
+    assert names == ["uuid-lora-r8-lr3e-3-s42", "uuid-lora-r8-lr3e-3-s43", "uuid-lora-r8-lr3e-3-s44"]
+    assert names[0] in {run_name(cfg, o) for cfg, o in grid}
+
+
 def test_an_unknown_grid_is_one_error_line(capsys):
     from mora.reproduce import main
 
