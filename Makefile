@@ -13,6 +13,7 @@
 #   make reproduce-table3 C4-style pretraining: FFT, LoRA, MoRA, ReLoRA, ReMoRA (SCALE=paper: the 250M/1.3B jobs)
 #   make reproduce-table5 training cost per method (≈5 min on CPU; DEVICE=cuda: the GPU rows) → results/table5.md
 #   make reproduce-shootout MoRA vs peft's high-rank methods at equal budgets: UUID ≈35 min + finance cpt ≈21 min → results/shootout.md
+#   make reproduce-shootout-seeds  its UUID rows with seeds 43 and 44 too (44 runs, ≈22 min) → results/shootout-sweep-seed.md
 
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -106,8 +107,11 @@ $(CACHE)/corpora/pocket-math/manifest.json: | $(STAMP)
 reproduce-table2: $(STAMP) $(if $(filter paper,$(SCALE)),,$(BASE) $(FINETUNE_DATA) $(DOMAIN_CORPORA))
 	$(PY) -m mora.reproduce table2 --jobs 2 $(SCALE_ARG)
 
-.PHONY: reproduce-shootout
-# MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3 LRs
+.PHONY: reproduce-shootout reproduce-shootout-seeds
+# MoRA against MiSS, GraLoRA, HiRA, RandLoRA, C3A, SHiRA, VeRA, LoRA, DoRA and FFT at two budgets, each over 3-4 LRs
 # (conf/grids/shootout.yaml, `sweep: lr`: the table is its sweep) → results/shootout.md (mora/tables/shootout.py)
 reproduce-shootout: $(STAMP) $(BASE) $(DOMAIN_CORPORA)
 	$(PY) -m mora.reproduce shootout --jobs 2
+# each UUID row again at its chosen LR with seeds 43 and 44 (42 is the sweep's run) → results/shootout-sweep-seed.md
+reproduce-shootout-seeds: $(STAMP)
+	$(PY) -m mora.reproduce shootout sweep=seed --jobs 2

@@ -5,6 +5,7 @@ No training happens (runs are written as the trainer writes them, tests/fake_run
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from fake_runs import curve, fake_run
@@ -86,6 +87,42 @@ def test_every_lr_is_listed_with_the_chosen_one(runs, tmp_path):
     sweep = "## Every learning rate tried"
     assert row(md, sweep, "| LoRA | 8 | r=8 | 1e-3 |")[-1] == "" and row(md, sweep, "| LoRA | 8 | r=8 | 3e-3 |")[-1] == "✓"
     assert "Only one learning rate was tried for" in md
+
+
+def with_seed(root, name, seed, acc):
+    """A copy of run ``name`` as seed ``seed`` (``<name>-s<seed>``) whose char accuracy curve is ``acc``."""
+    result = json.loads((root / name / "result.json").read_text())
+    result["name"] = f"{name}-s{seed}"
+    result["config"]["train"]["seed"] = seed
+    result["curves"]["eval"] = [[step, {"char_acc": a, "exact_match": a ** 8}] for step, a in acc.items()]
+    result["metrics"].update(char_acc=acc[max(acc)], exact_match=acc[max(acc)] ** 8)
+    (root / result["name"]).mkdir()
+    (root / result["name"] / "result.json").write_text(json.dumps(result))
+
+
+def test_sweep_seed_rows_are_means_over_seeds_with_their_range(tmp_path):
+    """``sweep=seed``: the runs of a row differ only in their seed; the row is their mean, its accuracy cells
+    carry the lowest and highest seed, steps to 100% waits for every seed, and every seed is listed."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    run(root, "lora", 8, 3e-3, curve(0.2, 0.4, 0.6, 0.8, 0.9), trainable=LORA8)
+    run(root, "mora", 8, 1e-2, curve(0.5, 1, 1, 1, 1), trainable=37_088, compression="rope")
+    run(root, "lora", 64, 3e-3, curve(0.8, 1, 1, 1, 1), trainable=LORA64)
+    run(root, "mora", 64, 3e-3, curve(1, 1, 1, 1, 1), trainable=312_728, compression="sharing")
+    for name in [p.name for p in root.iterdir()]:
+        with_seed(root, name, 42, curve(0.2, 0.4, 0.6, 0.8, 0.9) if "lora-r8" in name else curve(0.5, 1, 1, 1, 1))
+        with_seed(root, name, 43, curve(0.2, 0.4, 0.6, 0.7, 0.7) if "lora-r8" in name else curve(0.5, 0.9, 1, 1, 1))
+        shutil.rmtree(root / name)
+    rendered = shootout.render(load_results(root), tmp_path / "out", "shootout-sweep-seed")
+    md = rendered.markdown.read_text()
+    small = "## Budget r=8"
+    assert row(md, small, "| LoRA |")[5] == "80.0 (70.0–90.0)"
+    assert row(md, small, "| MoRA rope |")[5:8] == ["100.0 (100.0–100.0)", "100.0 (100.0–100.0)", "700"]  # seed 43: 700
+    assert row(md, "## Every seed", "| LoRA | 8 | r=8 | 3e-3 | 43 |")[4:9] == ["43", "70.0", "5.8", "—",
+                                                                          "`uuid-lora-r8-lr0.003-s43`"]
+    assert "Each row averages seeds 42, 43 at the learning rate the LR sweep chose ([shootout.md](shootout.md))" in md
+    assert "the grid's, chosen by the committed sweep [shootout.md](shootout.md)" in md
+    assert rendered.verdicts[0].verdict == HELD  # claim 1a, judged on the means: MoRA rope 100% vs LoRA 80%
 
 
 def test_budget_of_each_run(runs):

@@ -269,3 +269,27 @@ def test_what_was_run_lists_each_methods_lrs_once_per_task(tmp_path):
     assert what_was_run(runs) == ("*instruct*: C3A block_size=8 (lr 1e-3); LoRA r=8 (lr 1e-3, 3e-3) — "
                                   "*math*: LoRA r=8 (lr 1e-3, 3e-3)")
     assert what_was_run(runs[:2]) == "LoRA r=8 (lr 1e-3, 3e-3)"
+
+
+def test_mean_over_seeds_merges_runs_that_differ_only_in_their_seed():
+    from dataclasses import replace
+
+    from mora.tables.common import delta_rank, each_seed, mean_over_seeds, over_seeds
+
+    def one(name, acc, rank, evals):
+        template = summarize({"name": name, "config": {"method": {"name": "lora", "r": 8}, "optim": {"lr": 1e-3},
+                                                       "train": {"max_steps": 10}}, "curves": {}, "metrics": {}})
+        return replace(template, final={"char_acc": acc, "note": "text"}, evals=evals,
+                       result={**template.result, "analysis": {"overall": {"effective_rank": rank}}})
+
+    a = one("uuid-lora-r8-lr1e-3-s42", 0.5, 6.0, {5: {"char_acc": 0.2}, 10: {"char_acc": 0.5}})
+    b = one("uuid-lora-r8-lr1e-3-s43", 1.0, 8.0, {10: {"char_acc": 1.0}})
+    other = one("uuid-lora-r8-lr3e-3-s42", 0.9, 7.0, {10: {"char_acc": 0.9}})
+    merged, alone = mean_over_seeds([a, other, b])
+    assert alone is other
+    assert merged.name == "uuid-lora-r8-lr1e-3-s{42,43}" and merged.seeds == (a, b)
+    assert merged.final == {"char_acc": 0.75}  # numbers only
+    assert merged.evals == {10: {"char_acc": 0.75}}  # the steps every seed evaluated
+    assert delta_rank(merged) == 7.0 and delta_rank(other) == 7.0
+    assert over_seeds(merged, lambda run: None if run is b else 1.0) is None
+    assert each_seed([merged, other]) == [a, b, other]

@@ -9,9 +9,11 @@ formats cells with :func:`pct` / :func:`num` / :func:`fmt_lr` and :func:`markdow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import statistics
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 # ---------------------------------------------------------------------------------------------------
 # What a table module returns (the protocol is described in mora/tables/__init__.py)
@@ -85,7 +87,8 @@ class Run:
     max_steps: int
     final: dict  # final metrics (task metrics and final_loss)
     evals: dict[int, dict]
-    result: dict
+    result: dict  # the result dict (of the first seed, for a run that averages several: see ``seeds``)
+    seeds: tuple[Run, ...] = ()  # the runs averaged into this one, one per seed (mean_over_seeds); () for one run
 
     def method(self) -> str:
         """``LoRA r=8``, ``FFT``, ``C3A block_size=8``: the method and its rank (a peft type's budget, else the
@@ -142,11 +145,49 @@ def _row_rank(method: dict) -> int | None:
     return method.get("budget_r") or (None if method["name"] == "peft" else method.get("r"))
 
 
+def mean_over_seeds(runs: Iterable[Run]) -> list[Run]:
+    """Runs that differ only in their seed (their names, ``…-s<seed>…``, match but for it) merged into one run:
+    its final and evaluation metrics are the seeds' means, its ``seeds`` the runs themselves, its name
+    ``…-s{42,43,44}…``.  A run without such twins comes back as it is; groups keep their first run's place."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_SEED.sub("", run.name), []).append(run)
+    return [group[0] if len(group) == 1 else _mean(group) for group in groups.values()]
+
+
+_SEED = re.compile(r"-s(\d+)(?=-|$)")  # the seed part of a run name (mora.run.run_name)
+
+
+def _mean(group: list[Run]) -> Run:
+    def means(metrics: list[dict]) -> dict:
+        return {k: statistics.fmean(m[k] for m in metrics) for k in metrics[0]
+                if all(isinstance(m.get(k), (int, float)) for m in metrics)}
+
+    steps = sorted(set.intersection(*(set(run.evals) for run in group)))
+    seeds = ",".join(match.group(1) for run in group if (match := _SEED.search(run.name)))
+    return replace(group[0], name=_SEED.sub(f"-s{{{seeds}}}", group[0].name, count=1),
+                   final=means([run.final for run in group]),
+                   evals={step: means([run.evals[step] for run in group]) for step in steps}, seeds=tuple(group))
+
+
+def each_seed(runs: Iterable[Run]) -> list[Run]:
+    """The runs with every run that averages seeds replaced by its seeds' own runs."""
+    return [one for run in runs for one in (run.seeds or (run,))]
+
+
+def over_seeds(run: Run, value: Callable[[Run], float | None]) -> float | None:
+    """``value(run)``, or for a run averaging several seeds the mean of ``value`` over them (None if any is)."""
+    if not run.seeds:
+        return value(run)
+    values = [value(seed) for seed in run.seeds]
+    return None if None in values else statistics.fmean(values)
+
+
 def delta_rank(run: Run, key: str = "effective_rank") -> float | None:
     """A rank of the run's learned update ΔW, the mean over its adapted layers (:mod:`mora.analyze`,
     ``result["analysis"]["overall"]``): ``effective_rank``, ``numerical_rank``, ``relative_rank``, or
-    ``max_rank`` (the most a layer's ΔW could have); None for a run that was not analysed."""
-    return ((run.result.get("analysis") or {}).get("overall") or {}).get(key)
+    ``max_rank`` (the most a layer's ΔW could have); None for a run that was not analysed.  Over seeds: the mean."""
+    return over_seeds(run, lambda one: ((one.result.get("analysis") or {}).get("overall") or {}).get(key))
 
 
 def group_by_method(runs: Iterable[Run]) -> list[list[Run]]:

@@ -95,12 +95,18 @@ def what_was_run(runs: list[Run]) -> str:
         by_task.setdefault((run.result["config"].get("task") or {}).get("name", "benchmark"), []).append(run)
 
     def methods(group_runs: list[Run]) -> str:
-        return "; ".join(f"{group[0].method()} (lr {', '.join(fmt_lr(lr) for lr in sorted({run.lr for run in group}))})"
-                         for group in group_by_method(group_runs))
+        return "; ".join(f"{group[0].method()} (lr {', '.join(fmt_lr(lr) for lr in sorted({run.lr for run in group}))}"
+                         f"{_seeds(group)})" for group in group_by_method(group_runs))
 
     if len(by_task) == 1:
         return methods(runs)
     return " — ".join(f"*{task}*: {methods(task_runs)}" for task, task_runs in by_task.items())
+
+
+def _seeds(runs: list[Run]) -> str:
+    """``; seeds 42, 43, 44`` where the runs span several seeds (``sweep=seed``), else nothing."""
+    seeds = sorted({(run.result["config"].get("train") or {}).get("seed", 0) for run in runs})
+    return f"; seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
 
 
 def _scale(report: Report) -> str:

@@ -27,8 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .common import (
-    DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, fmt_lr, lr_search_notes, markdown_table,
-    model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
+    DASH, Rendered, Run, best_per_group, code_note, delta_rank, distinct, each_seed, fmt_lr, lr_search_notes,
+    markdown_table, mean_over_seeds, model_description, num, over_seeds, pct, pyplot, rendered_by, save_figure,
+    summarize,
 )
 from .table1 import claims
 
@@ -42,7 +43,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
 
     if not results:
         raise ValueError(f"{NAME}: no results to render")
-    everything = [summarize(r) for r in results]
+    everything = mean_over_seeds(summarize(r) for r in results)  # `sweep=seed`: one row per method, over seeds
     runs, lora_counts = with_budgets([run for run in everything if _task(run) != "cpt"])
     groups = best_per_group(runs, "char_acc")
     best = [b for b, _ in groups]
@@ -55,18 +56,21 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         rows = sorted((run for run in best if run.r == r), key=_rank_key) + fft
         sections += [f"## Budget r={r}: LoRA r={r}'s {lora_counts[r]:,} trainable parameters",
                      markdown_table(HEADERS, [_uuid_row(run, lora_counts) for run in rows])]
-    sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), pct(run.final.get("char_acc")),
-              pct(run.final.get("exact_match")), run.first_step_reaching("char_acc", 1.0) or DASH, f"`{run.name}`",
-              "✓" if run is chosen else ""]
-             for chosen, members in groups for run in members]
+    seeded = any(run.seeds for run in runs)
+    sweep = [[run.label, run.r or DASH, size(run), fmt_lr(run.lr), *([_seed(one)] if seeded else []),
+              pct(one.final.get("char_acc")), pct(one.final.get("exact_match")),
+              one.first_step_reaching("char_acc", 1.0) or DASH, f"`{one.name}`", "✓" if run is chosen else ""]
+             for chosen, members in groups for run in members for one in each_seed([run])]
     image = os.path.relpath(out_png, out_md.parent)
     cpt_sections, cpt_notes = cpt_family([run for run in everything if _task(run) == "cpt"])
     text = "\n\n".join([
         f"# {TITLE}",
         rendered_by(NAME, results),
         *sections,
-        "Each row is the method's best learning rate by final char accuracy (ties: lower final loss); rows are "
-        "ordered by final char accuracy, then by steps to 100%; FFT (every weight trained) closes each budget as "
+        ("Each row is the method at the learning rate the LR sweep chose, averaged over seeds (see the notes); "
+         if seeded else
+         "Each row is the method's best learning rate by final char accuracy (ties: lower final loss); ") +
+        "rows are ordered by final char accuracy, then by steps to 100%; FFT (every weight trained) closes each budget as "
         "the reference. Accuracies in %. *size*: the method's size knob (MoRA: the sides r̂ of its square "
         f"matrices). *vs LoRA*: trainable count against the budget (budget matching allows ±{TOLERANCE:.0%}). "
         "*Steps to 100%*: the first evaluation at 100% char accuracy (resolution: the evaluation interval). "
@@ -76,9 +80,10 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         "measured in the run itself; `make reproduce-shootout` trains two runs at a time on a 2-core machine, so "
         "compare rows with each other, not with one run on an idle machine.",
         f"![char accuracy against step at each budget]({image})",
+        "## Every seed (how much of a gap is noise?)" if seeded else
         "## Every learning rate tried (was any row under-tuned?)",
-        markdown_table(["method", "budget r", "size", "lr", "final char acc", "final exact match", "steps to 100%",
-                        "run", "chosen"], sweep),
+        markdown_table(["method", "budget r", "size", "lr", *(["seed"] if seeded else []), "final char acc",
+                        "final exact match", "steps to 100%", "run", "chosen"], sweep),
         *cpt_sections,
         "## Notes",
         "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts) + cpt_notes),
@@ -86,7 +91,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
-    _plot(best, budgets, lora_counts, out_png)
+    _plot(best, budgets, lora_counts, out_png, seeded)
     return Rendered(markdown=out_md, plots=(out_png,), verdicts=tuple(verdicts))
 
 
@@ -152,8 +157,8 @@ def _vs_lora(run: Run, lora_counts: dict[int, int]) -> str:
 def _row(run: Run, lora_counts: dict[int, int], scores: list) -> list:
     """A table row: the method and its budget, then ``scores`` (the family's own columns), then ΔW's effective
     rank and the run's cost."""
-    rank, step_ms = delta_rank(run), ms_per_step(run)
-    peak = run.result.get("timing", {}).get("peak_mem_mb")
+    rank, step_ms = delta_rank(run), over_seeds(run, ms_per_step)
+    peak = over_seeds(run, lambda one: one.result.get("timing", {}).get("peak_mem_mb"))
     return [
         run.label, size(run), fmt_lr(run.lr), DASH if run.trainable is None else f"{run.trainable:,}",
         _vs_lora(run, lora_counts), *scores, DASH if rank is None else f"{rank:.1f}",
@@ -162,7 +167,7 @@ def _row(run: Run, lora_counts: dict[int, int], scores: list) -> list:
 
 
 def _uuid_row(run: Run, lora_counts: dict[int, int]) -> list:
-    return _row(run, lora_counts, [pct(run.final.get("char_acc")), pct(run.final.get("exact_match")),
+    return _row(run, lora_counts, [_with_range(run, "char_acc"), _with_range(run, "exact_match"),
                                    run.first_step_reaching("char_acc", 1.0) or DASH])
 
 
@@ -201,12 +206,36 @@ def _ranks(values: list[float]) -> list[float]:
     return ranks
 
 
+def _with_range(run: Run, metric: str) -> str:
+    """The metric in %, and for a run over seeds its lowest and highest seed: ``99.5 (98.4–100.0)``."""
+    if not run.seeds:
+        return pct(run.final.get(metric))
+    values = [one.final.get(metric, 0.0) for one in run.seeds]
+    return f"{pct(run.final.get(metric))} ({pct(min(values))}–{pct(max(values))})"
+
+
+def _seed(run: Run):
+    return run.result["config"]["train"].get("seed")
+
+
+def _seed_note(runs: list[Run], seeded: bool) -> str:
+    seeds = ", ".join(map(str, sorted({_seed(run) for run in runs})))
+    if seeded:
+        return (f"Each row averages seeds {seeds} at the learning rate the LR sweep chose ([{NAME}.md]({NAME}.md)): "
+                "accuracies are the mean and, in brackets, the lowest and highest seed; *steps to 100%* is the first "
+                "evaluation at which every seed was at 100%; ΔW rank, ms/step and peak MB are means.")
+    return (f"One seed per run (train.seed {seeds}): a gap of a few points between two methods is not tested against "
+            f"seed-to-seed variation, which `python -m mora.reproduce {NAME} sweep=seed` measures "
+            f"([{NAME}-sweep-seed.md]({NAME}-sweep-seed.md) where it has run).")
+
+
 def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts) -> list[str]:
     """The notes under the table, every sentence computed from the runs."""
     from ..budget import within_budget
 
     best = [b for b, _ in groups]
-    everything = [run for _, members in groups for run in members]
+    everything = each_seed(run for _, members in groups for run in members)
+    seeded = any(run.seeds for run in best)
     configs = [run.result["config"] for run in everything]
     task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
     lines = [
@@ -214,8 +243,7 @@ def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verd
         f"{distinct(c['task']['name'] for c in configs)} with {task_options}; "
         f"{distinct(run.max_steps for run in everything)} steps of global batch "
         f"{distinct(c['train']['global_batch'] for c in configs)}.",
-        f"One seed per run (train.seed {distinct(c['train'].get('seed') for c in configs)}): a gap of a few points "
-        "between two methods is not tested against seed-to-seed variation, which was not measured.",
+        _seed_note(everything, seeded),
         *(verdict.markdown() for verdict in verdicts),
     ]
     for r in sorted(lora_counts):
@@ -233,7 +261,7 @@ def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verd
     if missing := [f"{run.label} r={run.r}" if run.r else run.label for run in best if delta_rank(run) is None]:
         lines.append(f"No ΔW analysis for {', '.join(missing)}: `mora-analyze runs/<name>` on their run "
                      "directories and collect their result.json again.")
-    return lines + lr_search_notes(groups) + [code_note(everything)]
+    return lines + lr_search_notes(groups, sweep=NAME if seeded else None) + [code_note(everything)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,7 +313,7 @@ def _cpt_row(run: Run, lora_counts: dict[int, int]) -> list:
     return _row(run, lora_counts, [num(run.final.get("perplexity")), num(run.final.get("general_perplexity"))])
 
 
-def _plot(best: list[Run], budgets: list[int], lora_counts: dict[int, int], out_png: Path) -> None:
+def _plot(best: list[Run], budgets: list[int], lora_counts: dict[int, int], out_png: Path, seeded: bool) -> None:
     """Eval char accuracy against step, one panel per budget, one line per method (its best learning rate, in
     the table); a method keeps its colour in every panel — ten colours in the small budget's ranking, then the
     same ones dotted — and FFT is dashed black.  One legend beside the panels."""
@@ -310,5 +338,6 @@ def _plot(best: list[Run], budgets: list[int], lora_counts: dict[int, int], out_
     labels = [label for label in styles if label in handles]  # beside the last panel, where tight_layout sees it
     axes[0][-1].legend([handles[label] for label in labels], labels, fontsize=8, loc="center left",
                        bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("UUID memorisation at equal trainable budgets (each method at its best learning rate)")
+    fig.suptitle("UUID memorisation at equal trainable budgets (each method at its best learning rate"
+                 + (", the mean over seeds)" if seeded else ")"))
     save_figure(fig, out_png)
