@@ -86,7 +86,7 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
                         "final exact match", "steps to 100%", "run", "chosen"], sweep),
         *cpt_sections,
         "## Notes",
-        "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts) + cpt_notes),
+        "\n".join(f"- {line}" for line in notes(groups, lora_counts, verdicts, seeded) + cpt_notes),
         *([f"**How this scale was chosen** (from `conf/grids/{NAME}.yaml`): {about.strip()}"] if about else []),
     ]) + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
@@ -229,13 +229,12 @@ def _seed_note(runs: list[Run], seeded: bool) -> str:
             f"([{NAME}-sweep-seed.md]({NAME}-sweep-seed.md) where it has run).")
 
 
-def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts) -> list[str]:
-    """The notes under the table, every sentence computed from the runs."""
+def notes(groups: list[tuple[Run, list[Run]]], lora_counts: dict[int, int], verdicts, seeded: bool) -> list[str]:
+    """The notes under the table, every sentence computed from the runs (``seeded``: rows average seeds)."""
     from ..budget import within_budget
 
     best = [b for b, _ in groups]
     everything = each_seed(run for _, members in groups for run in members)
-    seeded = any(run.seeds for run in best)
     configs = [run.result["config"] for run in everything]
     task_options = distinct(", ".join(f"{k}={v}" for k, v in c["task"].items() if k != "name") for c in configs)
     lines = [

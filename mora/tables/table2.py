@@ -23,8 +23,9 @@ from pathlib import Path
 
 from . import paper
 from .common import (
-    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, distinct, draw_loss, fmt_lr,
-    lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, save_figure, summarize,
+    DASH, HELD, NOT_HELD, NOT_TESTED, Rendered, Run, Verdict, best_per_group, code_note, committed_sweep, distinct,
+    draw_loss, fmt_lr, lr_search_notes, markdown_table, model_description, num, pct, pyplot, rendered_by, save_figure,
+    summarize,
 )
 
 NAME = "table2"
@@ -283,7 +284,8 @@ def render(results: list[dict], out_dir: str | Path, stem: str, about: str = "")
         markdown_table(*_main_rows(best, footnotes)),
         "Each cell: ours / the paper's (" + paper.TABLE2_FINETUNING.cited() + "), accuracy in %; *ppl* is held-out "
         "response perplexity (ours only; lower is better). Each task's cells come from the row's best learning rate on "
-        "that task by its held-out perplexity (of the responses; continual pretraining: of domain text). " + " ".join(f"{mark} {text}" for text, mark in footnotes.items()),
+        "that task by its held-out perplexity (of the responses; continual pretraining: of domain text). "
+        + " ".join(f"{mark} {text}" for text, mark in footnotes.items()),
         f"![training loss per task]({out_png.name})",
     ]
     for spec in TASK_SPECS:
@@ -392,7 +394,8 @@ def _task_section(spec: TaskSpec, groups: list[tuple[Run, list[Run]]], sweep: st
     return [
         f"## {spec.title}: every learning rate tried",
         markdown_table(["method", "r", "lr", *keys, *extra, "final loss", "run", "chosen"], rows),
-        "\n".join(f"- {line}" for line in [*_data_notes(everything), *spec.notes(everything), *lr_search_notes(groups, sweep)]),
+        "\n".join(f"- {line}" for line in [*_data_notes(everything), *spec.notes(everything),
+                                           *lr_search_notes(groups, sweep)]),
     ]
 
 

@@ -96,7 +96,6 @@ def _count_tokens(tokenizer, split: str) -> int:
     return total
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="print the built corpus's summary; build nothing")
